@@ -1,0 +1,43 @@
+"""The Litestar application factory and its lifespan (plugins loaded at start, released at stop)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar, get
+from litestar.datastructures import State
+from litestar.response import Response
+
+from host.config import MorpheusConfig, load_config
+from host.runtime import Runtime
+
+
+@get("/health", sync_to_thread=False)
+def health(state: State) -> Response[dict]:
+    """200 once the default engine is loaded and warmed up, 503 before."""
+    runtime: Runtime = state.runtime
+    ready = runtime.ready()
+    engine = runtime.default_engine
+    body = {"status": "ok" if ready else "starting", "default_engine": engine}
+    return Response(body, status_code=200 if ready else 503)
+
+
+def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None = None) -> Litestar:
+    """Build the app. Plugins load in the lifespan, so the port opens at once and `/health`
+    answers 503 until the default engine is warm."""
+    runtime = runtime or Runtime(config if config is not None else load_config())
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.close()
+
+    return Litestar(
+        route_handlers=[health],
+        lifespan=[lifespan],
+        state=State({"runtime": runtime}),
+    )

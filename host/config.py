@@ -1,0 +1,141 @@
+"""plugins.toml: which plugins load at start, their settings, aliases and server defaults.
+
+The file is decoded straight into msgspec Structs that forbid unknown keys, so a typo fails at
+start with the file, the key and the fix named instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+CONFIG_ENV = "MORPHEUS_CONFIG"
+
+
+class ConfigError(ValueError):
+    """plugins.toml (or a settings table) is invalid; the message names the key and the fix."""
+
+
+class PluginEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """One `[plugins.NAME]` table: where the plugin comes from and its settings.
+
+    Exactly one of `module` (an importable module path) or `entry_point` (a name in the
+    `morpheus.plugins` entry-point group) is given. `enabled = false` keeps it unloaded.
+    """
+
+    module: str | None = None
+    entry_point: str | None = None
+    enabled: bool = True
+    settings: dict[str, Any] = {}
+
+
+class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """The `[server]` table: defaults for requests that don't say otherwise."""
+
+    default_engine: str = "piper"
+    default_voice: str | None = None
+    chunker: str = "sentence"
+    stitcher: str = "crossfade"
+    sample_rate: int = 24000
+    failover: list[str] = []
+
+
+class Aliases(msgspec.Struct, forbid_unknown_fields=True):
+    """The `[aliases]` table: OpenAI and legacy names mapped to what is really loaded.
+
+    `models` maps a model name to an engine; `voices` maps a voice name to `engine:voice` or a
+    bare voice of the chosen engine.
+    """
+
+    models: dict[str, str] = {}
+    voices: dict[str, str] = {}
+
+
+def _builtin_plugins() -> dict[str, PluginEntry]:
+    return {
+        "piper": PluginEntry(module="plugins.engines.piper"),
+        "sentence": PluginEntry(module="plugins.chunkers.sentence"),
+        "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+    }
+
+
+class MorpheusConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """The whole of plugins.toml. With no file, the built-in defaults apply."""
+
+    server: ServerSettings = msgspec.field(default_factory=ServerSettings)
+    plugins: dict[str, PluginEntry] = msgspec.field(default_factory=_builtin_plugins)
+    aliases: Aliases = msgspec.field(default_factory=Aliases)
+    path: str | None = None
+
+    def __post_init__(self) -> None:
+        for name, entry in self.plugins.items():
+            if (entry.module is None) == (entry.entry_point is None):
+                raise ConfigError(
+                    f"plugins.{name}: give exactly one of `module = \"package.module\"` or "
+                    f"`entry_point = \"name\"`"
+                )
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `\$(?P<at>.*)`)?")
+_AT = re.compile(r" - at `\$(?P<at>[^`]*)`")
+
+
+def describe_validation_error(exc: msgspec.ValidationError, where: str = "") -> str:
+    """Turn msgspec's message into one naming the dotted key (under `where`) and the fix."""
+    message = str(exc)
+
+    def dotted(*parts: str) -> str:
+        return ".".join(p.strip(".") for p in parts if p and p.strip("."))
+
+    unknown = _UNKNOWN.match(message)
+    if unknown:
+        key = dotted(where, unknown.group("at") or "", unknown.group("field"))
+        return f"unknown key `{key}`; remove it or fix its name"
+    at = _AT.search(message)
+    key = dotted(where, at.group("at") if at else "")
+    reason = _AT.sub("", message)
+    return f"`{key}`: {reason}" if key else reason
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> MorpheusConfig:
+    """Read plugins.toml.
+
+    Args:
+        path: the file; None means `$MORPHEUS_CONFIG`, else `./plugins.toml` if present, else
+            the built-in defaults.
+
+    Raises:
+        ConfigError: the file is missing (when named explicitly), not TOML, or has a bad key.
+    """
+    explicit = path is not None or CONFIG_ENV in os.environ
+    candidate = Path(path or os.environ.get(CONFIG_ENV) or "plugins.toml")
+    if not candidate.is_file():
+        if explicit:
+            raise ConfigError(f"{candidate}: no such config file; pass an existing plugins.toml")
+        return MorpheusConfig()
+    try:
+        raw = msgspec.toml.decode(candidate.read_bytes())
+        # Plugin tables are converted one by one so an error names the plugin, which msgspec's
+        # own path (`$.plugins[...]`) does not.
+        plugins = {
+            name: convert_settings(table, PluginEntry, f"plugins.{name}")
+            for name, table in (raw.pop("plugins", None) or {}).items()
+        }
+        config = convert_settings(raw, MorpheusConfig, "")
+        if plugins:
+            config = msgspec.structs.replace(config, plugins=plugins)
+    except (msgspec.DecodeError, ConfigError) as exc:
+        raise ConfigError(f"{candidate}: {exc}") from exc
+    return msgspec.structs.replace(config, path=str(candidate))
+
+
+def convert_settings(table: dict[str, Any], struct: type, where: str) -> Any:
+    """Validate a table into `struct`; errors name the key as `where.key`."""
+    try:
+        return msgspec.convert(table, type=struct, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc, where)) from exc

@@ -1,0 +1,190 @@
+"""The four plugin contracts: Engine, Codec, Chunker and Stitcher.
+
+A plugin module offers components through the hooks in `host.hookspecs`. Each component is a
+`Component`: a name, the kind, a msgspec Struct for its settings and a factory. What the factory
+returns depends on the kind:
+
+- engine: an `Engine`, created once when the plugin loads, started, and shared by streams;
+- codec: a `Codec`, created once; it hands each stream its own `CodecDecoder`;
+- chunker: a per-stream `Chunker` (the factory is called once per utterance);
+- stitcher: a per-stream `Stitcher` (the factory is called once per utterance, with the output
+  sample rate).
+
+Audio is mono float32 in [-1, 1] everywhere; sample rates are in Hz.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import msgspec
+import numpy as np
+
+Kind = Literal["engine", "codec", "chunker", "stitcher"]
+
+
+class NoSettings(msgspec.Struct, forbid_unknown_fields=True):
+    """Settings of a component that takes none."""
+
+
+class Component(msgspec.Struct, frozen=True):
+    """One named component offered by a plugin.
+
+    Args:
+        name: the name users pick it by (`--engine piper`, `chunker = "sentence"`).
+        kind: which contract `create` fulfils.
+        create: factory called with the validated settings Struct (and, for stitchers, the
+            output sample rate as keyword `sample_rate`).
+        settings: the msgspec Struct type the plugin's settings table is converted to; unknown
+            keys are rejected when it sets `forbid_unknown_fields=True`.
+        description: one line for `morpheus plugins`.
+    """
+
+    name: str
+    kind: Kind
+    create: Callable[..., Any]
+    settings: type[msgspec.Struct] = NoSettings
+    description: str = ""
+
+
+class SynthesisRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """What an engine is asked to speak: one text segment.
+
+    Args:
+        text: the segment, already cut by the chunker (tags such as `<laugh>` left whole).
+        voice: a voice from the engine's `capabilities.voices`, or None for its default.
+        speed: playback speed (0.25-4.0). Engines with `native_speed` apply it; for the others
+            the host time-stretches.
+        options: engine-specific knobs from the request (sampling settings, seeds).
+        chunk_size: the size the rate controller asks for, in the engine's own units (tokens
+            for token engines); waveform engines may ignore it.
+        low_latency: prefer an early first chunk over throughput.
+    """
+
+    text: str
+    voice: str | None = None
+    speed: float = 1.0
+    options: dict[str, Any] = {}
+    chunk_size: int | None = None
+    low_latency: bool = False
+
+
+class EngineCapabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What an engine can do, served to clients and used by the host to wire the pipeline.
+
+    Args:
+        output: "pcm" (yields float32 samples) or "tokens" (yields codec frames).
+        sample_rate: rate of the PCM it yields (for token engines: its codec's rate).
+        voices: the voice names it accepts; the first is its default.
+        codec: name of the codec component that decodes its frames (token engines).
+        streaming: it yields several chunks per segment rather than one.
+        incremental_text: it takes text deltas directly (the host skips the chunker).
+        native_speed: it applies `SynthesisRequest.speed` itself.
+        voice_cloning: it accepts a reference voice prompt.
+    """
+
+    output: Literal["pcm", "tokens"] = "pcm"
+    sample_rate: int
+    voices: tuple[str, ...]
+    codec: str | None = None
+    streaming: bool = False
+    incremental_text: bool = False
+    native_speed: bool = False
+    voice_cloning: bool = False
+
+
+EngineOutput = Iterator[np.ndarray] | AsyncIterator[np.ndarray]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A speech engine: weights loaded once, then many segments synthesized.
+
+    Lifetimes: the host calls `start()` once after creating it (load weights, warm up) and
+    `stop()` once when the plugin unloads (release every model reference so memory returns).
+    """
+
+    capabilities: EngineCapabilities
+
+    async def start(self) -> None:
+        """Load weights and warm up. Blocking work belongs in a worker thread."""
+
+    async def stop(self) -> None:
+        """Release the model; the engine is not used again."""
+
+    def health(self) -> dict[str, Any]:
+        """Return at least `{"ready": bool}`, plus anything useful to an operator."""
+
+    def synthesize(self, request: SynthesisRequest) -> EngineOutput:
+        """Speak one segment.
+
+        Returns either a *sync* iterator, whose every `next()` is one blocking step (one
+        inference call) that the host runs in a worker thread behind the engine's capacity
+        limiter, or an *async* iterator for engines that wait on I/O (remote servers).
+
+        Yields:
+            float32 arrays of samples at `capabilities.sample_rate` (pcm engines), or int
+            arrays shaped (frames, codebooks) (token engines).
+        """
+
+
+class CodecDecoder(Protocol):
+    """One stream's decoder state: every output sample is emitted exactly once."""
+
+    def decode(self, frames: np.ndarray) -> np.ndarray:
+        """Decode new frames (frames, codebooks) and return the samples now final."""
+
+    def flush(self) -> np.ndarray:
+        """Return the samples held back for context; the decoder is finished."""
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """A neural audio codec (SNAC, MOSS Audio Tokenizer)."""
+
+    sample_rate: int
+    frame_rate: float
+    codebooks: int
+
+    async def start(self) -> None:
+        """Load weights."""
+
+    async def stop(self) -> None:
+        """Release the model."""
+
+    def decoder(self) -> CodecDecoder:
+        """A fresh stateful decoder for one stream."""
+
+    def encode(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
+        """Encode a voice prompt to frames (frames, codebooks)."""
+
+
+@runtime_checkable
+class Chunker(Protocol):
+    """Cuts one stream's incoming text into segments an engine speaks well."""
+
+    def push(self, text: str) -> list[str]:
+        """Add a text delta; return the segments that are now complete, in order."""
+
+    def flush(self) -> list[str]:
+        """The text has ended: return whatever remains as segments."""
+
+    def reset(self) -> None:
+        """Forget buffered text (barge-in)."""
+
+
+@runtime_checkable
+class Stitcher(Protocol):
+    """Joins one stream's chunks into seamless audio at the output sample rate."""
+
+    sample_rate: int
+
+    def push(self, samples: np.ndarray, sample_rate: int, segment: int) -> np.ndarray:
+        """Add a chunk of `segment`; return output samples that are now final."""
+
+    def flush(self) -> np.ndarray:
+        """The stream has ended: return the samples held back."""
+
+    def fade_out(self, fade_ms: float) -> np.ndarray:
+        """Barge-in: return held-back audio faded to silence over `fade_ms`; drop the rest."""

