@@ -30,11 +30,8 @@ def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None 
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        await runtime.start()
-        try:
+        async with runtime.running():
             yield
-        finally:
-            await runtime.close()
 
     return Litestar(
         route_handlers=[health],

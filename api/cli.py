@@ -176,7 +176,7 @@ async def _plugins(args: argparse.Namespace, config: MorpheusConfig) -> int:
             rows.append((record.name, kinds, record.source, record.version or "-", state))
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
-            cells = [cell.ljust(width) for cell, width in zip(row, widths)]
+            cells = [cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True)]
             sys.stdout.write("  ".join([*cells, row[4]]).rstrip() + "\n")
         return 0
     finally:

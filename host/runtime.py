@@ -7,7 +7,8 @@ opens an utterance for a request, `close()` unloads everything.
 from __future__ import annotations
 
 import logging
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import msgspec
@@ -16,6 +17,7 @@ from host.config import MorpheusConfig, load_config
 from host.pipeline import Utterance, UtteranceSpec, open_utterance
 from host.registry import LoadedEngine, Registry, UnknownComponentError
 from host.speed import MAX_SPEED, MIN_SPEED
+from host.streams import AudioStream, StreamHost
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,7 @@ class Runtime:
     ) -> None:
         self.config = config if config is not None else load_config()
         self.registry = Registry(self.config, entry_points=entry_points)
+        self.streams = StreamHost()
 
     async def start(self) -> None:
         """Load every configured and installed plugin."""
@@ -60,6 +63,16 @@ class Runtime:
     async def close(self) -> None:
         """Unload every plugin, stopping engines."""
         await self.registry.close()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Runtime]:
+        """Start, run background streams for the duration of the block, then close."""
+        await self.start()
+        try:
+            async with self.streams.running():
+                yield self
+        finally:
+            await self.close()
 
     @property
     def default_engine(self) -> str:
@@ -114,3 +127,11 @@ class Runtime:
     ) -> AbstractAsyncContextManager[Utterance]:
         """Open an utterance: `async with runtime.speak(req, text) as utt: ...utt.audio`."""
         return open_utterance(self.resolve(request), text)
+
+    def stream(self, request: SpeakRequest, text: str | None = None) -> AudioStream:
+        """Validate `request` now, then run the utterance in the background (inside `running()`).
+
+        This is what HTTP responses use: iterate the returned stream for audio; close it to
+        cancel. Raises the same errors as `resolve`, before any audio exists.
+        """
+        return self.streams.spawn(self.speak(request, text))
