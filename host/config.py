@@ -34,7 +34,12 @@ class PluginEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
 
 
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
-    """The `[server]` table: defaults for requests that don't say otherwise."""
+    """The `[server]` table: defaults for requests that don't say otherwise.
+
+    Chunk sizes are in the engine's tokens (token engines); buffer thresholds are milliseconds
+    of audio queued at the client. `admin_key` (or `$MORPHEUS_ADMIN_KEY`) guards the write
+    endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
+    """
 
     default_engine: str = "piper"
     default_voice: str | None = None
@@ -42,6 +47,37 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     stitcher: str = "crossfade"
     sample_rate: int = 24000
     failover: list[str] = []
+    first_chunk_tokens: int = 12
+    target_chunk_tokens: int = 32
+    min_chunk_tokens: int = 8
+    max_chunk_tokens: int = 64
+    lock_chunk_tokens: int | None = None
+    playback_buffer_ms: float = 300.0
+    buffer_min_ms: float = 200.0
+    buffer_max_ms: float = 500.0
+    session_idle_timeout_s: float = 300.0
+    max_sessions: int = 64
+    drain_timeout_s: float = 30.0
+    config_reload_interval_s: float = 1.0
+    admin_key: str | None = None
+    plugin_modules: list[str] = msgspec.field(default_factory=lambda: ["plugins.*"])
+
+    def __post_init__(self) -> None:
+        if not self.min_chunk_tokens <= self.first_chunk_tokens <= self.max_chunk_tokens:
+            raise ConfigError(
+                "server.first_chunk_tokens must lie between min_chunk_tokens and max_chunk_tokens"
+            )
+        if not self.min_chunk_tokens <= self.target_chunk_tokens <= self.max_chunk_tokens:
+            raise ConfigError(
+                "server.target_chunk_tokens must lie between min_chunk_tokens and "
+                "max_chunk_tokens"
+            )
+        if not self.buffer_min_ms <= self.playback_buffer_ms <= self.buffer_max_ms:
+            raise ConfigError(
+                "server.playback_buffer_ms must lie between buffer_min_ms and buffer_max_ms"
+            )
+        if self.session_idle_timeout_s <= 0:
+            raise ConfigError("server.session_idle_timeout_s must be > 0 seconds")
 
 
 class Aliases(msgspec.Struct, forbid_unknown_fields=True):
