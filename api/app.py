@@ -30,7 +30,7 @@ def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None 
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        async with runtime.running():
+        async with runtime.running(load_in_background=True):
             yield
 
     return Litestar(

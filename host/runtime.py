@@ -65,11 +65,20 @@ class Runtime:
         await self.registry.close()
 
     @asynccontextmanager
-    async def running(self) -> AsyncIterator[Runtime]:
-        """Start, run background streams for the duration of the block, then close."""
-        await self.start()
+    async def running(self, *, load_in_background: bool = False) -> AsyncIterator[Runtime]:
+        """Load plugins, run background streams for the duration of the block, then close.
+
+        Args:
+            load_in_background: enter the block at once and load plugins meanwhile (a server
+                opens its port immediately and `ready()` turns true once the default engine
+                is warm); otherwise the block starts after loading.
+        """
         try:
             async with self.streams.running():
+                if load_in_background:
+                    self.streams.start_soon(self.start)
+                else:
+                    await self.start()
                 yield self
         finally:
             await self.close()

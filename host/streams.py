@@ -10,8 +10,9 @@ stops every stage within one engine step.
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
@@ -88,6 +89,12 @@ class StreamHost:
             finally:
                 self._tg = None
                 tg.cancel_scope.cancel()
+
+    def start_soon(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run a background task (a session's forwarder, a loader) in the long-lived group."""
+        if self._tg is None:
+            raise RuntimeError("StreamHost is not running; enter `running()` first")
+        self._tg.start_soon(fn, *args)
 
     def spawn(self, opened: AbstractAsyncContextManager[Utterance]) -> AudioStream:
         """Run an opened (already validated) utterance in the background."""

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import anyio
 import msgspec
 import numpy as np
 
@@ -34,6 +35,7 @@ class FaultSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         stall_ms: how long the stall lasts.
         fail_after: chunk index after which it raises RuntimeError; -1 never.
         silent: accept text and yield nothing.
+        start_delay_ms: how long `start()` takes (a model load, for readiness tests).
         voices: the voice names it answers to.
     """
 
@@ -46,6 +48,7 @@ class FaultSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     stall_ms: float = 0.0
     fail_after: int = -1
     silent: bool = False
+    start_delay_ms: float = 0.0
     voices: tuple[str, ...] = ("tone",)
 
 
@@ -65,7 +68,8 @@ class FaultEngine:
         self.started = False
 
     async def start(self) -> None:
-        """Nothing to load."""
+        """Nothing to load; waits `start_delay_ms` as if it did."""
+        await anyio.sleep(self.settings.start_delay_ms / 1000)
         self.started = True
 
     async def stop(self) -> None:
