@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Install Morpheus with every extra into .venv (from scratch on a fresh machine) and run the tests.
+# Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# ci/constraints.txt pins torch to its CPU build; llama-cpp-python compiles portable code.
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
+  python -m pip install --quiet -c ci/constraints.txt -e ".[test,orpheus]"
+command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+
+python -m pytest -q "$@"
