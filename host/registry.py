@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "morpheus.plugins"
 NO_ENTRY_POINTS_ENV = "MORPHEUS_NO_ENTRY_POINTS"
 
-State = Literal["loaded", "failed", "disabled"]
+State = Literal["loaded", "failed", "disabled", "draining"]
 
 
 class UnknownComponentError(LookupError):
@@ -40,6 +40,10 @@ class UnknownComponentError(LookupError):
         self.kind, self.name, self.available = kind, name, available
         listing = ", ".join(sorted(available)) or "none loaded"
         super().__init__(f"unknown {kind} {name!r}{where}; available: {listing}")
+
+
+class EngineUnloadedError(RuntimeError):
+    """The engine was unloaded while an utterance was still using it."""
 
 
 class PluginRecord(msgspec.Struct, kw_only=True):
@@ -62,6 +66,37 @@ class LoadedEngine:
         self.name, self.plugin, self.engine = name, plugin, engine
         self.limiter = anyio.CapacityLimiter(1)
         self.active_streams = 0
+        self._aborts: dict[int, Callable[[BaseException], None]] = {}
+        self._next_key = 0
+        self._idle: anyio.Event | None = None
+
+    @property
+    def open_utterances(self) -> int:
+        """Utterances opened on this engine and not yet finished."""
+        return len(self._aborts)
+
+    def track(self, abort: Callable[[BaseException], None]) -> int:
+        """Register an open utterance; `abort(exc)` stops it with `exc`. Returns its key."""
+        self._next_key += 1
+        self._aborts[self._next_key] = abort
+        return self._next_key
+
+    def untrack(self, key: int) -> None:
+        """The utterance registered under `key` has finished."""
+        self._aborts.pop(key, None)
+        if not self._aborts and self._idle is not None:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Return once no utterance is open on this engine."""
+        while self._aborts:
+            self._idle = anyio.Event()
+            await self._idle.wait()
+
+    def abort_all(self, exc: BaseException) -> None:
+        """Stop every open utterance with `exc` (unload without drain)."""
+        for abort in list(self._aborts.values()):
+            abort(exc)
 
 
 class Registry:
@@ -86,6 +121,7 @@ class Registry:
         self.chunkers: dict[str, Callable[[], Chunker]] = {}
         self.stitchers: dict[str, Callable[..., Stitcher]] = {}
         self._owner: dict[tuple[Kind, str], str] = {}
+        self._draining: dict[str, LoadedEngine] = {}
 
     # -- discovery ---------------------------------------------------------------------------
 
@@ -118,7 +154,7 @@ class Registry:
         Raises:
             ValueError: a plugin of that name is already loaded.
         """
-        if name in self.records and self.records[name].state == "loaded":
+        if name in self.records and self.records[name].state in ("loaded", "draining"):
             raise ValueError(f"plugin {name!r} is already loaded; unload it first")
         record = PluginRecord(
             name=name, source=_source(entry), module=entry.module, entry_point=entry.entry_point
@@ -138,21 +174,38 @@ class Registry:
         log.info("plugin loaded", extra={"plugin": name, "components": record.components})
         return record
 
-    async def unload(self, name: str) -> PluginRecord:
+    async def unload(
+        self, name: str, *, drain: bool = False, drain_timeout_s: float = 30.0
+    ) -> PluginRecord:
         """Stop a plugin's engines, drop its components and unregister it; memory returns.
 
+        New requests stop seeing its engines at once. With `drain`, open utterances may finish
+        (up to `drain_timeout_s`); the rest end with `EngineUnloadedError`.
+
         Raises:
-            KeyError: no plugin of that name is known.
+            UnknownComponentError: no plugin of that name is known.
         """
         record = self.records.get(name)
         if record is None:
             raise UnknownComponentError("plugin", name, list(self.records))
+        for kind, component in [k for k, owner in self._owner.items() if owner == name]:
+            if kind == "engine" and component not in self._draining:
+                self._draining[component] = self.engines.pop(component)
+        hidden = [e for e in self._draining.values() if e.plugin == name]
+        if drain and any(loaded.open_utterances for loaded in hidden):
+            record.state = "draining"
+            with anyio.move_on_after(drain_timeout_s):
+                for loaded in hidden:
+                    await loaded.wait_idle()
+        for loaded in hidden:
+            loaded.abort_all(EngineUnloadedError(f"engine {loaded.name!r} was unloaded"))
         await self._release(name)
-        del self.records[name]
+        self.records.pop(name, None)
         gc.collect()
         return msgspec.structs.replace(record, state="disabled", components=[])
 
     def _import(self, entry: PluginEntry) -> tuple[Any, str | None, str]:
+        importlib.invalidate_caches()  # a distribution installed since start must be found
         if entry.module is not None:
             module = importlib.import_module(entry.module)
             if entry.module.startswith("plugins."):
@@ -218,7 +271,7 @@ class Registry:
             kind, component = key
             del self._owner[key]
             if kind == "engine":
-                loaded = self.engines.pop(component)
+                loaded = self.engines.pop(component, None) or self._draining.pop(component)
                 # Wait for an in-flight blocking step before freeing the model under it.
                 async with loaded.limiter:
                     await loaded.engine.stop()
