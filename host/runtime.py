@@ -1,7 +1,9 @@
 """The runtime: configuration, the plugin registry, and utterances resolved against them.
 
 Front-ends (the CLI, the HTTP API) hold one Runtime: `start()` loads the plugins, `speak()`
-opens an utterance for a request, `close()` unloads everything.
+opens an utterance for a request, `close()` unloads everything. While `running()`, edits to
+plugins.toml apply without a restart: the `[server]` table is replaced and the plugins whose
+tables changed are unloaded (drained) and loaded again.
 """
 
 from __future__ import annotations
@@ -11,11 +13,19 @@ from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 
-from host.config import MorpheusConfig, load_config
+from host.config import (
+    ConfigError,
+    MorpheusConfig,
+    PluginEntry,
+    ServerSettings,
+    convert_settings,
+    load_config,
+)
 from host.pipeline import Utterance, UtteranceSpec, open_utterance
-from host.registry import LoadedEngine, Registry, UnknownComponentError
+from host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
 from host.speed import MAX_SPEED, MIN_SPEED
 from host.streams import AudioStream, StreamHost
 
@@ -55,10 +65,24 @@ class Runtime:
         self.config = config if config is not None else load_config()
         self.registry = Registry(self.config, entry_points=entry_points)
         self.streams = StreamHost()
+        self.config_error: str | None = None  # why the last plugins.toml edit was refused
+        self._file_plugins = dict(self.config.plugins)
+        self._file_bytes: bytes | None = None
+        self._lock: anyio.Lock | None = None
+
+    @property
+    def plugin_lock(self) -> anyio.Lock:
+        """Serialises plugin loads, unloads and plugins.toml reloads."""
+        if self._lock is None:
+            self._lock = anyio.Lock()
+        return self._lock
 
     async def start(self) -> None:
         """Load every configured and installed plugin."""
-        await self.registry.load_all()
+        async with self.plugin_lock:
+            if self.config.path is not None:
+                self._file_bytes = await anyio.Path(self.config.path).read_bytes()
+            await self.registry.load_all()
 
     async def close(self) -> None:
         """Unload every plugin, stopping engines."""
@@ -79,6 +103,8 @@ class Runtime:
                     self.streams.start_soon(self.start)
                 else:
                     await self.start()
+                if self.config.path and self.config.server.config_reload_interval_s > 0:
+                    self.streams.start_soon(self._watch_config)
                 yield self
         finally:
             await self.close()
@@ -134,8 +160,12 @@ class Runtime:
     def speak(
         self, request: SpeakRequest, text: str | None = None
     ) -> AbstractAsyncContextManager[Utterance]:
-        """Open an utterance: `async with runtime.speak(req, text) as utt: ...utt.audio`."""
-        return open_utterance(self.resolve(request), text)
+        """Open an utterance: `async with runtime.speak(req, text) as utt: ...utt.audio`.
+
+        If its engine is unloaded meanwhile (without drain), the utterance stops and leaving
+        the block raises `EngineUnloadedError`.
+        """
+        return _tracked(self.resolve(request), text)
 
     def stream(self, request: SpeakRequest, text: str | None = None) -> AudioStream:
         """Validate `request` now, then run the utterance in the background (inside `running()`).
@@ -144,3 +174,125 @@ class Runtime:
         cancel. Raises the same errors as `resolve`, before any audio exists.
         """
         return self.streams.spawn(self.speak(request, text))
+
+    # -- changes at runtime ------------------------------------------------------------------
+
+    def update_server(self, **changes: Any) -> ServerSettings:
+        """Change `[server]` settings for new requests at once (plugins.toml is not written).
+
+        Raises:
+            ConfigError: a value is invalid (the message names the key).
+            UnknownComponentError: an engine, chunker or stitcher named is not loaded.
+        """
+        current = msgspec.to_builtins(self.config.server)
+        server = convert_settings({**current, **changes}, ServerSettings, "server")
+        for engine in [server.default_engine, *server.failover]:
+            self.registry.engine(engine)
+        if server.chunker not in self.registry.chunkers:
+            raise UnknownComponentError("chunker", server.chunker, list(self.registry.chunkers))
+        if server.stitcher not in self.registry.stitchers:
+            raise UnknownComponentError(
+                "stitcher", server.stitcher, list(self.registry.stitchers)
+            )
+        self._set_config(msgspec.structs.replace(self.config, server=server))
+        return server
+
+    def set_default_engine(self, name: str) -> None:
+        """New requests that name no engine get `name` (which must be loaded)."""
+        self.update_server(default_engine=name)
+
+    async def load_plugin(self, name: str, entry: PluginEntry) -> PluginRecord:
+        """Load one plugin now (see `Registry.load`); new requests can use it at once."""
+        async with self.plugin_lock:
+            return await self.registry.load(name, entry)
+
+    async def unload_plugin(self, name: str, *, drain: bool = False) -> PluginRecord:
+        """Unload one plugin now (see `Registry.unload`); new requests stop seeing it at once."""
+        async with self.plugin_lock:
+            return await self.registry.unload(
+                name, drain=drain, drain_timeout_s=self.config.server.drain_timeout_s
+            )
+
+    async def reload_config(self) -> bool:
+        """Apply plugins.toml again if it changed on disk; returns True when it did.
+
+        A file that fails to parse changes nothing; the reason is kept in `config_error`.
+        Plugins loaded through the API are left alone.
+        """
+        path = self.config.path
+        if path is None or self._file_bytes is None:
+            return False  # no file, or not started yet
+        async with self.plugin_lock:
+            try:
+                data = await anyio.Path(path).read_bytes()
+                if data == self._file_bytes:
+                    return False
+                new = load_config(path)
+            except (OSError, ConfigError) as exc:
+                self._refuse(str(exc))
+                return False
+            await self._apply_plugins(new.plugins)
+            self._file_bytes, self.config_error = data, None
+            self._set_config(new)
+        log.info("plugins.toml reloaded", extra={"path": path})
+        return True
+
+    async def _apply_plugins(self, plugins: dict[str, PluginEntry]) -> None:
+        """Unload the file's plugins whose tables changed or went, then load the new ones."""
+        registry, old = self.registry, self._file_plugins
+        for name, entry in old.items():
+            record = registry.records.get(name)
+            if plugins.get(name) == entry or record is None:
+                continue
+            if record.state in ("loaded", "draining"):
+                timeout = self.config.server.drain_timeout_s
+                await registry.unload(name, drain=True, drain_timeout_s=timeout)
+            else:
+                registry.records.pop(name, None)
+        for name, entry in plugins.items():
+            if old.get(name) == entry and name in registry.records:
+                continue
+            record = registry.records.get(name)
+            if record is not None and record.state in ("loaded", "draining"):
+                log.warning("plugins.toml names a plugin loaded otherwise", extra={"plugin": name})
+            elif entry.enabled:
+                await registry.load(name, entry)
+            else:
+                registry.records[name] = PluginRecord(
+                    name=name, source="plugins.toml", module=entry.module,
+                    entry_point=entry.entry_point, state="disabled",
+                )
+        self._file_plugins = dict(plugins)
+
+    def _refuse(self, reason: str) -> None:
+        if reason != self.config_error:
+            log.error("plugins.toml not applied", extra={"error": reason})
+        self.config_error = reason
+
+    async def _watch_config(self) -> None:
+        while True:
+            await anyio.sleep(self.config.server.config_reload_interval_s)
+            await self.reload_config()
+
+    def _set_config(self, config: MorpheusConfig) -> None:
+        self.config = config
+        self.registry.config = config
+
+
+@asynccontextmanager
+async def _tracked(spec: UtteranceSpec, text: str | None) -> AsyncIterator[Utterance]:
+    """An utterance its engine knows about, so unloading can drain or abort it."""
+    aborted: list[BaseException] = []
+    async with open_utterance(spec, text) as utterance:
+
+        def abort(exc: BaseException) -> None:
+            aborted.append(exc)
+            utterance.cancel()
+
+        key = spec.engine.track(abort)
+        try:
+            yield utterance
+        finally:
+            spec.engine.untrack(key)
+    if aborted:
+        raise aborted[0]
