@@ -15,7 +15,7 @@ from tests.conftest import ROOT, word_error_rate
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
-    "Morpheus streams speech while the text is still arriving, "
+    "The server streams speech while the text is still arriving, "
     "so a voice agent can answer without a pause."
 )
 
