@@ -80,15 +80,37 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
             raise ConfigError("server.session_idle_timeout_s must be > 0 seconds")
 
 
+def _default_model_aliases() -> dict[str, str | list[str]]:
+    # "default" is `[server].default_engine`; a target that is not loaded falls back to it.
+    names = ["tts-1", "tts-1-hd", "gpt-4o-mini-tts", "gpt-4o-mini-tts-2025-03-20",
+             "gpt-4o-mini-tts-2025-12-15"]
+    return {**dict.fromkeys(names, "default"), "orpheus": "orpheus"}
+
+
+def _default_voice_aliases() -> dict[str, str | list[str]]:
+    # OpenAI's voices onto Orpheus voices of a similar character, and Orpheus's own voices, so
+    # both name sets work on any engine (an engine without the target speaks its default voice).
+    openai = {
+        "alloy": "tara", "ash": "dan", "ballad": "leo", "coral": "leah", "echo": "zac",
+        "fable": "leo", "onyx": "dan", "nova": "jess", "sage": "mia", "shimmer": "zoe",
+        "verse": "zac", "marin": "tara", "cedar": "leo",
+    }
+    orpheus = {name: f"orpheus:{name}" for name in
+               ("tara", "leah", "jess", "leo", "dan", "mia", "zac", "zoe")}
+    return {**openai, **orpheus}
+
+
 class Aliases(msgspec.Struct, forbid_unknown_fields=True):
     """The `[aliases]` table: OpenAI and legacy names mapped to what is really loaded.
 
-    `models` maps a model name to an engine; `voices` maps a voice name to `engine:voice` or a
-    bare voice of the chosen engine.
+    `models` maps a model name to an engine name, `"default"` (the `[server]` default engine)
+    or a list of them in order of preference. `voices` maps a voice name to `engine:voice`, a
+    bare voice, or a list of them. `host.aliases` documents how a name resolves, including the
+    fallback when a target is not loaded.
     """
 
-    models: dict[str, str] = {}
-    voices: dict[str, str] = {}
+    models: dict[str, str | list[str]] = msgspec.field(default_factory=_default_model_aliases)
+    voices: dict[str, str | list[str]] = msgspec.field(default_factory=_default_voice_aliases)
 
 
 def _builtin_plugins() -> dict[str, PluginEntry]:
