@@ -9,6 +9,8 @@ from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.response import Response
 
+from api import legacy, speech
+from api.errors import EXCEPTION_HANDLERS
 from host.config import MorpheusConfig, load_config
 from host.runtime import Runtime
 
@@ -20,6 +22,7 @@ def health(state: State) -> Response[dict]:
     ready = runtime.ready()
     engine = runtime.default_engine
     body = {"status": "ok" if ready else "starting", "default_engine": engine}
+    body["active_streams"] = sum(e.open_utterances for e in runtime.registry.engines.values())
     return Response(body, status_code=200 if ready else 503)
 
 
@@ -34,7 +37,8 @@ def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None 
             yield
 
     return Litestar(
-        route_handlers=[health],
+        route_handlers=[health, *speech.ROUTES, *legacy.ROUTES],
+        exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
         state=State({"runtime": runtime}),
     )

@@ -1,0 +1,414 @@
+"""OpenAI's speech API: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`.
+
+A request is decoded, checked and resolved (model and voice through `host.aliases`) before
+anything is synthesized, so every error is an OpenAI envelope with its status code. Then the
+utterance starts in the runtime's background task group and the handler waits for its first
+chunk: an engine that fails at once still gets an error status, and the body that follows only
+reads the stream, encodes each chunk and sends it. When the client goes away, Litestar cancels
+the body; its `finally` closes the stream, which cancels the utterance within one engine step.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+import numpy as np
+import soxr
+from litestar import Request, get, post
+from litestar.datastructures import State
+from litestar.response import Stream
+
+from api.encoders import AudioEncoder, new_encoder
+from api.errors import (
+    OpenAIError,
+    decode_body,
+    invalid_voice,
+    model_not_found,
+    require_api_key,
+)
+from api.schemas import (
+    MAX_SPEECH_BODY_BYTES,
+    AudioDelta,
+    AudioDone,
+    ModelList,
+    ModelObject,
+    SpeechRequest,
+    Usage,
+    check_speech,
+)
+from host.aliases import AliasResolver, Resolved
+from host.events import PCMChunk
+from host.registry import UnknownComponentError
+from host.runtime import Runtime, SpeakRequest
+from host.streams import AudioStream
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = 24000  # OpenAI's audio is 24 kHz mono in every format
+AUDIO_TOKENS_PER_SECOND = 20  # usage: one output token per 50 ms of audio
+CHARS_PER_TOKEN = 4  # usage: the usual estimate for English text
+MAX_STREAMS_ENV = "MORPHEUS_MAX_STREAMS"
+ENGINE_HEADER, VOICE_HEADER = "X-Morpheus-Engine", "X-Morpheus-Voice"
+JOB_STATE_KEY = "speech_job"
+_STARTED = int(time.time())
+
+
+# -- resolution and admission ----------------------------------------------------------------
+
+
+def resolve(runtime: Runtime, model: str | None, voice: str | None) -> Resolved:
+    """Resolve model and voice names against the loaded engines.
+
+    Raises:
+        OpenAIError: 404 `model_not_found`, 400 `invalid_value` (param voice), or 503 while the
+            default engine is still loading.
+    """
+    resolver = AliasResolver(runtime.config, runtime.registry.engines)
+    try:
+        return resolver.resolve(model, voice)
+    except UnknownComponentError as exc:
+        if exc.kind == "voice":
+            raise invalid_voice(exc) from None
+        if not runtime.ready():
+            raise OpenAIError(
+                503,
+                f"Engine {runtime.default_engine!r} is not ready yet; retry shortly.",
+                code="engine_unavailable",
+                headers={"Retry-After": "1"},
+            ) from None
+        raise model_not_found(exc) from None
+
+
+class StreamSlots:
+    """Admission control: at most `limit` audio streams at once (0: unlimited).
+
+    Args:
+        limit: the cap; requests beyond it get 429 with `Retry-After`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> None:
+        """Take a slot.
+
+        Raises:
+            OpenAIError: 429 `rate_limit_exceeded` when all slots are taken.
+        """
+        if self.limit and self.active >= self.limit:
+            raise OpenAIError(
+                429,
+                f"Too many concurrent streams (limit {self.limit}); retry after a second.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+        self.active += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.active -= 1
+
+
+def stream_slots(state: State) -> StreamSlots:
+    """The app's admission control (`$MORPHEUS_MAX_STREAMS`, default unlimited)."""
+    slots = state.get("stream_slots")
+    if slots is None:
+        slots = StreamSlots(int(os.environ.get(MAX_STREAMS_ENV) or 0))
+        state["stream_slots"] = slots
+    return slots
+
+
+# -- an opened stream ------------------------------------------------------------------------
+
+
+class OpenedAudio:
+    """A started utterance whose first chunk has arrived (or that ended without audio).
+
+    Iterate `chunks()` for 24 kHz float32 samples; `aclose()` stops the utterance.
+    """
+
+    def __init__(self, stream: AudioStream, rest: AsyncIterator[PCMChunk]) -> None:
+        self.stream = stream
+        self._rest = rest
+        self._first: PCMChunk | None = None
+        self._resampler: Any = None
+        self.samples_out = 0
+
+    @classmethod
+    async def open(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
+        """Start the utterance and wait for its first chunk.
+
+        Raises:
+            OpenAIError: 500 when the engine fails before producing audio.
+        """
+        stream = runtime.stream(request, text)
+        opened = cls(stream, aiter(stream))
+        try:
+            opened._first = await anext(opened._rest, None)
+        except Exception as exc:
+            await opened.aclose()
+            log.exception("engine failed before the first chunk", exc_info=exc)
+            raise OpenAIError(
+                500, f"The engine failed before producing audio: {exc}", code="engine_error"
+            ) from None
+        except BaseException:
+            await opened.aclose()
+            raise
+        return opened
+
+    async def chunks(self) -> AsyncIterator[np.ndarray]:
+        """The audio at 24 kHz: the first chunk, then the rest as it comes."""
+        if self._first is not None:
+            first, self._first = self._first, None
+            yield self._at_output_rate(first)
+            async for chunk in self._rest:
+                yield self._at_output_rate(chunk)
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self.samples_out += len(tail)
+            yield tail
+
+    def _at_output_rate(self, chunk: PCMChunk) -> np.ndarray:
+        samples = chunk.samples
+        if chunk.sample_rate != OUTPUT_RATE:
+            if self._resampler is None:
+                self._resampler = soxr.ResampleStream(
+                    chunk.sample_rate, OUTPUT_RATE, 1, dtype="float32"
+                )
+            samples = self._resampler.resample_chunk(samples, last=False)
+        self.samples_out += len(samples)
+        return samples
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio delivered so far."""
+        return self.samples_out / OUTPUT_RATE
+
+    async def aclose(self) -> None:
+        """Stop the utterance (if still running); safe to call more than once."""
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+def audio_headers(resolved: Resolved) -> dict[str, str]:
+    """The headers every audio response carries: who actually spoke."""
+    headers = {ENGINE_HEADER: resolved.engine, VOICE_HEADER: resolved.voice}
+    if resolved.fallback:
+        headers["X-Morpheus-Fallback"] = "true"
+    return headers
+
+
+class SpeechJob:
+    """What one audio response holds: the stream, its encoder and its admission slot.
+
+    `finish()` releases all three exactly once. The body calls it when it ends; the route's
+    `after_response` hook calls it too, because a client that leaves before the body starts
+    means the body generator never runs (and so never reaches its `finally`).
+    """
+
+    def __init__(self, opened: OpenedAudio, encoder: AudioEncoder, slots: StreamSlots) -> None:
+        self.opened, self.encoder, self.slots = opened, encoder, slots
+        self._finished = False
+
+    async def finish(self) -> None:
+        """Stop the utterance, free the encoder, give the slot back (idempotent)."""
+        if self._finished:
+            return
+        self._finished = True
+        self.encoder.close()
+        self.slots.release()
+        await self.opened.aclose()
+
+
+async def finish_job(request: Request) -> None:
+    """`after_response` hook: finish the request's `SpeechJob`, if it has one."""
+    job: SpeechJob | None = request.state.get(JOB_STATE_KEY)
+    if job is not None:
+        await job.finish()
+
+
+async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
+    """The response body: each chunk encoded as it arrives.
+
+    An engine failure mid-stream ends the file cleanly (the encoder's tail is sent) and is
+    logged; the status line is long gone by then.
+    """
+    try:
+        try:
+            async for samples in job.opened.chunks():
+                if data := job.encoder.encode(samples):
+                    yield data
+        except Exception:
+            log.exception("engine failed mid-stream; ending the audio early")
+        if tail := job.encoder.flush():
+            yield tail
+    finally:
+        await job.finish()
+
+
+def _sse(event: msgspec.Struct | dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(event) + b"\n\n"
+
+
+async def sse_body(job: SpeechJob, input_tokens: int) -> AsyncIterator[bytes]:
+    """The SSE body: `speech.audio.delta` events, then one `speech.audio.done` with usage.
+
+    An engine failure mid-stream sends an `error` event (an extension: OpenAI defines none for
+    speech) in place of `done`.
+    """
+    encoder = job.encoder
+    try:
+        try:
+            async for samples in job.opened.chunks():
+                if data := encoder.encode(samples):
+                    yield _sse(AudioDelta(audio=base64.b64encode(data).decode()))
+            if tail := encoder.flush():
+                yield _sse(AudioDelta(audio=base64.b64encode(tail).decode()))
+        except Exception as exc:
+            log.exception("engine failed mid-stream; sending an error event")
+            error = OpenAIError(500, f"The engine failed mid-stream: {exc}", code="engine_error")
+            yield _sse({"type": "error", **error.envelope()})
+            return
+        output_tokens = math.ceil(job.opened.duration_s * AUDIO_TOKENS_PER_SECOND)
+        usage = Usage(input_tokens, output_tokens, input_tokens + output_tokens)
+        yield _sse(AudioDone(usage=usage))
+    finally:
+        await job.finish()
+
+
+async def start_job(
+    request: Request, runtime: Runtime, speak: SpeakRequest, text: str, fmt: str
+) -> SpeechJob:
+    """Admit, start the utterance, wait for its first chunk; the job is finished after the
+    response by the route's `after_response=finish_job`.
+
+    Raises:
+        OpenAIError: 429 when no stream slot is free; 500 when the engine fails at once.
+    """
+    slots = stream_slots(request.app.state)
+    slots.acquire()
+    encoder = new_encoder(fmt, OUTPUT_RATE)
+    try:
+        opened = await OpenedAudio.open(runtime, speak, text)
+    except BaseException:
+        encoder.close()
+        slots.release()
+        raise
+    job = SpeechJob(opened, encoder, slots)
+    request.state[JOB_STATE_KEY] = job
+    return job
+
+
+def estimate_tokens(*texts: str | None) -> int:
+    """Input tokens of a request: one per four characters, at least one."""
+    return max(1, sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts if text))
+
+
+# -- handlers --------------------------------------------------------------------------------
+
+
+@post(
+    "/v1/audio/speech",
+    guards=[require_api_key],
+    request_max_body_size=MAX_SPEECH_BODY_BYTES,
+    status_code=200,
+    after_response=finish_job,
+)
+async def create_speech(request: Request, state: State) -> Stream:
+    """Speak `input`: audio streamed with chunked transfer, or SSE events with base64 audio."""
+    runtime: Runtime = state.runtime
+    speech = decode_body(await request.body(), SpeechRequest)
+    check_speech(speech)
+    resolved = resolve(runtime, speech.model, speech.voice_name)
+    speak = SpeakRequest(
+        engine=resolved.engine,
+        voice=resolved.voice,
+        speed=speech.rate,
+        options=speech.engine_options(),
+        low_latency=speech.low_latency,
+    )
+    job = await start_job(request, runtime, speak, speech.input, speech.format)
+    headers = audio_headers(resolved)
+    if speech.sse:
+        tokens = estimate_tokens(speech.input, speech.instructions)
+        headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return Stream(sse_body(job, tokens), media_type="text/event-stream", headers=headers)
+    headers["Cache-Control"] = "no-store"
+    return Stream(audio_body(job), media_type=job.encoder.content_type, headers=headers)
+
+
+def _model_objects(runtime: Runtime) -> list[ModelObject]:
+    resolver = AliasResolver(runtime.config, runtime.registry.engines)
+    objects = [
+        ModelObject(id=name, created=_STARTED, owned_by=loaded.plugin, engine=name)
+        for name, loaded in runtime.registry.engines.items()
+    ]
+    for alias in resolver.models:
+        if alias in runtime.registry.engines:
+            continue
+        try:
+            engine, _ = resolver.engine_for(alias)
+        except UnknownComponentError:
+            continue  # nothing loaded to fall back to
+        objects.append(ModelObject(id=alias, created=_STARTED, owned_by="morpheus", engine=engine))
+    return objects
+
+
+@get("/v1/models", guards=[require_api_key], sync_to_thread=False)
+def list_models(state: State) -> ModelList:
+    """OpenAI's model list: the loaded engines and the aliases that resolve to one."""
+    return ModelList(data=_model_objects(state.runtime))
+
+
+@get("/v1/models/{model_id:str}", guards=[require_api_key], sync_to_thread=False)
+def retrieve_model(state: State, model_id: str) -> ModelObject:
+    """One model, or 404 `model_not_found`."""
+    objects = _model_objects(state.runtime)
+    for model in objects:
+        if model.id == model_id:
+            return model
+    raise model_not_found(UnknownComponentError("model", model_id, [m.id for m in objects]))
+
+
+@get("/v1/audio/voices", guards=[require_api_key], sync_to_thread=False)
+def list_voices(state: State) -> dict[str, Any]:
+    """The old `{"status": "ok", "voices": [...]}` plus each engine's detail and the aliases."""
+    runtime: Runtime = state.runtime
+    resolver = AliasResolver(runtime.config, runtime.registry.engines)
+    engines = []
+    voices: list[str] = []
+    order = sorted(runtime.registry.engines, key=lambda name: name != runtime.default_engine)
+    for name in order:
+        caps = runtime.registry.engines[name].engine.capabilities
+        engines.append({
+            "name": name,
+            "default": name == runtime.default_engine,
+            "voices": list(caps.voices),
+            "default_voice": resolver.default_voice_of(name),
+            "sample_rate": caps.sample_rate,
+            "streaming": caps.streaming,
+            "native_speed": caps.native_speed,
+            "voice_cloning": caps.voice_cloning,
+            "aliases": resolver.describe(name),
+        })
+        voices.extend(v for v in caps.voices if v not in voices)
+    return {
+        "status": "ok",
+        "voices": voices,
+        "default_engine": runtime.default_engine,
+        "engines": engines,
+        "aliases": sorted(resolver.voices),
+    }
+
+
+ROUTES = [create_speech, list_models, retrieve_model, list_voices]
+"""The route handlers of this module, for `Litestar(route_handlers=...)`."""
