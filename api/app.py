@@ -4,15 +4,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 from litestar import Litestar, get
 from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
+from litestar.static_files import create_static_files_router
 
-from api import legacy, speech
+from api import admin, legacy, sessions, speech
 from api.errors import EXCEPTION_HANDLERS
 from host.config import MorpheusConfig, load_config
 from host.runtime import Runtime
+from host.sessions import SessionManager
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
 
 @get("/health", sync_to_thread=False)
@@ -30,15 +36,26 @@ def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None 
     """Build the app. Plugins load in the lifespan, so the port opens at once and `/health`
     answers 503 until the default engine is warm."""
     runtime = runtime or Runtime(config if config is not None else load_config())
+    session_manager = SessionManager(runtime)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with runtime.running(load_in_background=True):
-            yield
+            session_manager.start()
+            try:
+                yield
+            finally:
+                await session_manager.close_all("shutdown")
 
     return Litestar(
-        route_handlers=[health, *speech.ROUTES, *legacy.ROUTES],
+        route_handlers=[
+            health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *admin.ROUTES,
+            create_static_files_router(
+                path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False
+            ),
+        ],
         exception_handlers=EXCEPTION_HANDLERS,
         lifespan=[lifespan],
-        state=State({"runtime": runtime}),
+        state=State({"runtime": runtime, "sessions": session_manager}),
+        openapi_config=OpenAPIConfig(title="Morpheus", version="0.1.0", path="/schema"),
     )
