@@ -281,18 +281,26 @@ class Runtime:
 
 @asynccontextmanager
 async def _tracked(spec: UtteranceSpec, text: str | None) -> AsyncIterator[Utterance]:
-    """An utterance its engine knows about, so unloading can drain or abort it."""
-    aborted: list[BaseException] = []
-    async with open_utterance(spec, text) as utterance:
+    """An utterance its engine knows about, so unloading can drain or abort it.
 
-        def abort(exc: BaseException) -> None:
-            aborted.append(exc)
+    It counts as open until every stage has stopped, including an engine step in flight.
+    """
+    aborted: list[BaseException] = []
+    running: list[Utterance] = []
+
+    def abort(exc: BaseException) -> None:
+        aborted.append(exc)
+        for utterance in running:
             utterance.cancel()
 
-        key = spec.engine.track(abort)
-        try:
+    key = spec.engine.track(abort)
+    try:
+        async with open_utterance(spec, text) as utterance:
+            running.append(utterance)
+            if aborted:
+                utterance.cancel()
             yield utterance
-        finally:
-            spec.engine.untrack(key)
+    finally:
+        spec.engine.untrack(key)
     if aborted:
         raise aborted[0]
