@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
@@ -17,6 +18,10 @@ from api.errors import EXCEPTION_HANDLERS
 from host.config import MorpheusConfig, load_config
 from host.runtime import Runtime
 from host.sessions import SessionManager
+from observability import Telemetry
+from observability.logs import RequestContextMiddleware, litestar_logging_config
+from observability.metrics import http_metrics_middleware, metrics_handler, metrics_registry
+from observability.tracing import TracerProvider, configure_tracing, litestar_plugin
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -32,11 +37,19 @@ def health(state: State) -> Response[dict]:
     return Response(body, status_code=200 if ready else 503)
 
 
-def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None = None) -> Litestar:
+def create_app(
+    config: MorpheusConfig | None = None,
+    *,
+    runtime: Runtime | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Litestar:
     """Build the app. Plugins load in the lifespan, so the port opens at once and `/health`
-    answers 503 until the default engine is warm."""
+    answers 503 until the default engine is warm. Traces go to `tracer_provider`, else to the
+    one the `OTEL_*` variables describe (none: tracing off); `/metrics` serves Prometheus."""
     runtime = runtime or Runtime(config if config is not None else load_config())
     session_manager = SessionManager(runtime)
+    provider = tracer_provider or configure_tracing()
+    runtime.observer = Telemetry(tracer_provider=provider)
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -46,15 +59,22 @@ def create_app(config: MorpheusConfig | None = None, *, runtime: Runtime | None 
                 yield
             finally:
                 await session_manager.close_all("shutdown")
+        if provider is not None:  # flush the spans still batched
+            flush = provider.force_flush if tracer_provider else provider.shutdown
+            await anyio.to_thread.run_sync(flush)
 
     return Litestar(
         route_handlers=[
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *admin.ROUTES,
+            metrics_handler(metrics_registry(runtime, session_manager)),
             create_static_files_router(
                 path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[RequestContextMiddleware, http_metrics_middleware()],
+        logging_config=litestar_logging_config(),
+        plugins=[litestar_plugin(provider)] if provider else [],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "sessions": session_manager}),
         openapi_config=OpenAPIConfig(title="Morpheus", version="0.1.0", path="/schema"),

@@ -15,6 +15,7 @@ from api.encoders import pcm16, wav_header
 from host.config import ConfigError, MorpheusConfig, PluginEntry, load_config
 from host.registry import UnknownComponentError
 from host.runtime import Runtime, SpeakRequest
+from observability.logs import configure_logging, uvicorn_log_config
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5005
@@ -39,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the HTTP API")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"bind address ({DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
-    serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-level", default=None,
+                       help="debug, info, warning, error (default: $MORPHEUS_LOG_LEVEL or info)")
 
     plugins = sub.add_parser("plugins", help="list every plugin the host found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -50,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `morpheus` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="morpheus: %(message)s")
+    try:
+        # A flag beats $MORPHEUS_LOG_LEVEL, which beats the command's default.
+        default = "info" if args.command == "serve" else "warning"
+        configure_logging(default, level=getattr(args, "log_level", None))
+    except ValueError as exc:
+        parser.error(str(exc))
     try:
         config = load_config(args.config)
         if args.command == "say":
@@ -157,7 +164,10 @@ def _serve(args: argparse.Namespace, config: MorpheusConfig) -> int:
 
     from api.app import create_app
 
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level=args.log_level)
+    uvicorn.run(
+        create_app(config), host=args.host, port=args.port,
+        log_config=uvicorn_log_config(), log_level=logging.getLogger().level,
+    )
     return 0
 
 

@@ -34,7 +34,7 @@ REQUEST_ID: ContextVar[str | None] = ContextVar("morpheus_request_id", default=N
 
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
-    "message", "asctime", "request_id", "trace_id", "span_id",
+    "message", "asctime", "request_id", "trace_id", "span_id", "color_message",
 }
 
 
@@ -103,13 +103,18 @@ class TextFormatter(logging.Formatter):
 
 
 def configure_logging(
-    level: str | None = None, fmt: str | None = None, *, stream: TextIO | None = None
+    default_level: str = "info",
+    *,
+    level: str | None = None,
+    fmt: str | None = None,
+    stream: TextIO | None = None,
 ) -> logging.Handler:
     """Send every log record to `stream` (stderr) as JSON or text, at the configured level.
 
     Args:
-        level: used when `$MORPHEUS_LOG_LEVEL` is unset (default "info").
-        fmt: used when `$MORPHEUS_LOG_FORMAT` is unset (default "text").
+        default_level: used when neither `level` nor `$MORPHEUS_LOG_LEVEL` is given.
+        level: an explicit level (a command-line flag); beats the environment.
+        fmt: an explicit format; beats `$MORPHEUS_LOG_FORMAT` (default "text").
         stream: where lines go; stderr by default (stdout may carry audio).
 
     Returns:
@@ -118,8 +123,8 @@ def configure_logging(
     Raises:
         ValueError: an unknown level or format; the message names the variable and the choices.
     """
-    level_name = (os.environ.get(LEVEL_ENV) or level or "info").lower()
-    format_name = (os.environ.get(FORMAT_ENV) or fmt or "text").lower()
+    level_name = (level or os.environ.get(LEVEL_ENV) or default_level).lower()
+    format_name = (fmt or os.environ.get(FORMAT_ENV) or "text").lower()
     if level_name not in LEVELS:
         raise ValueError(f"{LEVEL_ENV}={level_name!r}: use one of {', '.join(LEVELS)}")
     if format_name not in FORMATS:
@@ -146,6 +151,20 @@ def uvicorn_log_config() -> dict[str, Any]:
             for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
         },
     }
+
+
+def litestar_logging_config() -> Any:
+    """Litestar's logging config that leaves the root handler (ours) alone.
+
+    Litestar's default replaces the root logger's handlers; this one only routes the `litestar`
+    logger to the root, so its lines come out in the same format.
+    """
+    from litestar.logging.config import LoggingConfig
+
+    return LoggingConfig(
+        configure_root_logger=False,
+        loggers={"litestar": {"level": "INFO", "handlers": [], "propagate": True}},
+    )
 
 
 class RequestContextMiddleware:

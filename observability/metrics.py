@@ -13,7 +13,7 @@ so it lives in a per-app registry (`metrics_registry`) that also re-exports the 
 from __future__ import annotations
 
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -109,10 +109,12 @@ class RuntimeCollector(Collector):
 
     Args:
         runtime: the server's runtime.
+        sessions: the session manager (anything with `len()`); None counts none.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, sessions: Sized | None = None) -> None:
         self.runtime = runtime
+        self.sessions = sessions
 
     def collect(self) -> Iterator[Metric]:
         """Yield `morpheus_plugin_state` (one 0/1 series per state) and `morpheus_sessions`."""
@@ -130,19 +132,8 @@ class RuntimeCollector(Collector):
         sessions = GaugeMetricFamily(
             f"{NAMESPACE}_sessions", "Realtime sessions open now."
         )
-        sessions.add_metric([], float(_session_count(self.runtime)))
+        sessions.add_metric([], float(len(self.sessions) if self.sessions is not None else 0))
         yield sessions
-
-
-def _session_count(runtime: Any) -> int:
-    """Open realtime sessions; 0 while the runtime has no session host."""
-    sessions = getattr(runtime, "sessions", None)
-    if sessions is None:
-        return 0
-    try:
-        return len(sessions)
-    except TypeError:
-        return 0
 
 
 class _GlobalRegistry(Collector):
@@ -160,12 +151,25 @@ class _GlobalRegistry(Collector):
         return []
 
 
-def metrics_registry(runtime: Runtime, source: CollectorRegistry = REGISTRY) -> CollectorRegistry:
-    """One app's registry: its runtime's state plus everything in `source`."""
+def metrics_registry(
+    runtime: Runtime, sessions: Sized | None = None, source: CollectorRegistry = REGISTRY
+) -> CollectorRegistry:
+    """One app's registry: its runtime's and sessions' state plus everything in `source`."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RuntimeCollector(runtime))
+    registry.register(RuntimeCollector(runtime, sessions))
     registry.register(_GlobalRegistry(source))
     return registry
+
+
+def http_metrics_middleware() -> Any:
+    """Litestar's Prometheus middleware: `morpheus_http_*` request counts and durations.
+
+    Paths are grouped by route template, so session ids do not explode the label space.
+    """
+    from litestar.plugins.prometheus import PrometheusConfig
+
+    config = PrometheusConfig(app_name="morpheus", prefix=f"{NAMESPACE}_http", group_path=True)
+    return config.middleware
 
 
 def metrics_handler(registry: CollectorRegistry, path: str = "/metrics") -> Any:
@@ -177,7 +181,9 @@ def metrics_handler(registry: CollectorRegistry, path: str = "/metrics") -> Any:
     from litestar.response import Response
     from prometheus_client.exposition import choose_encoder
 
-    @get(path, sync_to_thread=False, include_in_schema=False)
+    namespace = {"Request": Request, "Response": Response}
+
+    @get(path, sync_to_thread=False, include_in_schema=False, signature_namespace=namespace)
     def metrics(request: Request) -> Response[bytes]:
         """The Prometheus scrape endpoint."""
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))

@@ -118,6 +118,26 @@ def _version() -> str:
         return "0+unknown"
 
 
+def litestar_plugin(provider: TracerProvider) -> Any:
+    """Litestar's OpenTelemetry plugin: one server span per request, no per-send spans.
+
+    A streamed response sends hundreds of body messages; a span each would bury the audio
+    spans. `/health` and `/metrics` (polled) are not traced.
+    """
+    from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
+
+    return OpenTelemetryPlugin(
+        OpenTelemetryConfig(
+            tracer_provider=provider, exclude_spans=["send"], exclude=["^/health$", "^/metrics$"]
+        )
+    )
+
+
+def shutdown_tracing(provider: TracerProvider) -> None:
+    """Export what is still queued and stop (blocks up to the exporters' timeouts)."""
+    provider.shutdown()
+
+
 # -- context helpers ----------------------------------------------------------------------------
 
 
