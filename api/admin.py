@@ -250,6 +250,11 @@ async def update_config(request: Request, state: State) -> dict[str, Any]:
         if changes.setdefault("default_engine", backend) != backend:
             raise invalid_value("tts_backend and default_engine disagree; send one", "tts_backend")
     runtime = _runtime(state)
+    for name in changes.get("failover", []):
+        if name not in runtime.registry.engines:
+            available = ", ".join(sorted(runtime.registry.engines)) or "none loaded"
+            message = f"failover engine {name!r} is not loaded; available: {available}"
+            raise invalid_value(message, "failover", code="engine_not_found")
     try:
         _check_voice(runtime, changes)
         runtime.update_server(**changes)
