@@ -321,7 +321,7 @@ class Registry:
     async def close(self) -> None:
         """Unload everything (server shutdown)."""
         for name in reversed(list(self.records)):
-            if self.records[name].state == "loaded":
+            if self.records[name].state in ("loaded", "draining"):
                 await self._release(name)
         self.records.clear()
         gc.collect()
