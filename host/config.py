@@ -37,7 +37,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The `[server]` table: defaults for requests that don't say otherwise.
 
     Chunk sizes are in the engine's tokens (token engines); buffer thresholds are milliseconds
-    of audio queued at the client. `admin_key` (or `$MORPHEUS_ADMIN_KEY`) guards the write
+    of audio queued at the client. `pace_playback` pauses the engine while the client holds
+    more than `buffer_max_ms`; `stall_timeout_s` is the longest wait for one engine step before
+    failover; `barge_in_fade_ms` is the fade a barge-in ends with (0 cuts). See docs/realtime.md.
+    `admin_key` (or `$MORPHEUS_ADMIN_KEY`) guards the write
     endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
     """
 
@@ -55,6 +58,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     playback_buffer_ms: float = 300.0
     buffer_min_ms: float = 200.0
     buffer_max_ms: float = 500.0
+    pace_playback: bool = True
+    stall_timeout_s: float | None = 15.0
+    barge_in_fade_ms: float = 20.0
     session_idle_timeout_s: float = 300.0
     max_sessions: int = 64
     drain_timeout_s: float = 30.0
@@ -78,6 +84,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
             )
         if self.session_idle_timeout_s <= 0:
             raise ConfigError("server.session_idle_timeout_s must be > 0 seconds")
+        if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
+            raise ConfigError("server.stall_timeout_s must be > 0 seconds (or absent: no limit)")
+        if not 0 <= self.barge_in_fade_ms <= 30:
+            raise ConfigError("server.barge_in_fade_ms must lie between 0 (cut) and 30 ms")
 
 
 def _default_model_aliases() -> dict[str, str | list[str]]:

@@ -6,6 +6,12 @@ Blocking inference runs one step per worker-thread call behind the engine's Capa
 cancelling the utterance (client gone, barge-in) is noticed between steps, so every stage and
 the worker stop within one engine step and nothing is left running.
 
+Realtime control lives beside it: `host.rate` picks each request's chunk size and pauses the
+engine while the client's buffer is full; `host.failover` times out stalled steps, retries and
+moves to the next engine. Barge-in (`Utterance.barge_in`) travels as a control path, not
+behind queued audio: it bumps the generation (every stage and the reader drop older events),
+cancels the text and engine stages, and makes the stitcher end with a short fade.
+
 The TaskGroup lives in the `open_utterance` context manager, never across the `yield` of an
 async generator (anyio's cancel scopes must exit in the task that entered them).
 """
@@ -16,29 +22,40 @@ import functools
 import math
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
-from host.contracts import Chunker, Codec, EngineCapabilities, Stitcher, SynthesisRequest
+from host.contracts import Chunker, Codec, Stitcher
+from host.engine_stage import engine_stage
 from host.events import PCMChunk, TextDelta, TokenFrames
+from host.failover import Candidate
+from host.rate import RateController, RateSettings
 from host.registry import LoadedEngine
 from host.speed import SegmentStretcher
+from observability import NULL_OBSERVER
+
+if TYPE_CHECKING:
+    from observability import UtteranceObserver, UtteranceProbe
 
 TEXT_BUFFER = 64  # text deltas are tiny; let a fast producer run ahead
 SEGMENT_BUFFER = 2  # at most two segments queued ahead of the engine
 AUDIO_BUFFER = 2  # chunks between stages: backpressure reaches the engine within two chunks
 
-_DONE = object()
-
 
 class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
-    """Everything one utterance needs besides its text, resolved by the runtime."""
+    """Everything one utterance needs besides its text, resolved by the runtime.
+
+    `failover` lists the engines to move to (with their voices) when `engine` fails;
+    `codecs` holds the codec of every token engine among them. `observer` is told what
+    happens (spans, metrics, logs); `request_id`, `response_format` and `trace` (a W3C
+    carrier to continue) are for it.
+    """
 
     engine: LoadedEngine
     voice: str | None
@@ -48,17 +65,36 @@ class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
     speed: float = 1.0
     options: dict[str, Any] = {}
     low_latency: bool = False
+    rate: RateSettings = RateSettings()
+    failover: tuple[Candidate, ...] = ()
+    codecs: dict[str, Codec] = {}
+    stall_timeout_s: float | None = None
+    barge_in_fade_ms: float = 20.0
+    observer: UtteranceObserver = NULL_OBSERVER
+    request_id: str | None = None
+    response_format: str | None = None
+    trace: dict[str, str] | None = None
     stream_id: str = msgspec.field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
 class UtteranceStats(msgspec.Struct, kw_only=True):
-    """What happened so far, for progress bars, headers, metrics and benchmarks."""
+    """What happened so far, for progress bars, headers, metrics and benchmarks.
+
+    `engine` is the engine speaking now; `degraded` turns true when failover moved the stream
+    off the requested engine (`failures` says why).
+    """
 
     started_at: float = msgspec.field(default_factory=time.perf_counter)
-    first_audio_at: float | None = None
+    first_segment_at: float | None = None  # the chunker released the first segment
+    first_byte_at: float | None = None  # the engine yielded its first output
+    first_audio_at: float | None = None  # the stitcher released the first sample
     segments: int = 0
     characters_spoken: int = 0
     samples_out: int = 0
+    engine: str = ""
+    degraded: bool = False
+    failures: list[str] = []
+    interrupted: bool = False
 
     @property
     def time_to_first_audio_ms(self) -> float | None:
@@ -73,7 +109,8 @@ class Utterance:
 
     Send text with `send_text` (or give it whole to `open_utterance`), end it with
     `end_text`, and read 24 kHz (or the configured rate) PCMChunks from `audio`. The last chunk
-    has `final=True`. `cancel()` stops every stage.
+    has `final=True`. Report what the client really took with `consumed`. `barge_in()` stops
+    speaking within one chunk; `cancel()` stops every stage.
     """
 
     def __init__(
@@ -82,18 +119,34 @@ class Utterance:
         text_in: ObjectSendStream[TextDelta],
         audio: ObjectReceiveStream[PCMChunk],
         cancel_scope: anyio.CancelScope,
+        stats: UtteranceStats | None = None,
+        probe: UtteranceProbe | None = None,
     ) -> None:
         self.spec = spec
         self.stream_id = spec.stream_id
         self.generation = 0
-        self.audio = audio
-        self.stats = UtteranceStats()
+        self.audio: ObjectReceiveStream[PCMChunk] = _CurrentAudio(self, audio)
+        self.stats = stats or UtteranceStats(engine=spec.engine.name)
+        self.probe = probe or NULL_OBSERVER.on_request_start(spec, self.stats, None)
+        self.rate = RateController(
+            spec.rate, sample_rate=spec.stitcher.sample_rate, low_latency=spec.low_latency
+        )
+        self.fade_ms: float | None = None  # set by barge_in
         self._text_in = text_in
         self._cancel_scope = cancel_scope
+        self._producers = anyio.CancelScope()  # the text and engine stages
+        self._stitching = anyio.CancelScope()  # the stitcher's main loop
         self._text_seq = 0
 
+    @property
+    def interrupted(self) -> bool:
+        """True once `barge_in` was called."""
+        return self.fade_ms is not None
+
     async def send_text(self, text: str, *, final: bool = False) -> None:
-        """Push a text delta; `final=True` ends the text."""
+        """Push a text delta; `final=True` ends the text. Ignored after a barge-in."""
+        if self.interrupted:
+            return
         await self._text_in.send(
             TextDelta(
                 stream_id=self.stream_id,
@@ -101,6 +154,7 @@ class Utterance:
                 seq=self._text_seq,
                 text=text,
                 final=final,
+                trace=self.probe.trace,
             )
         )
         self._text_seq += 1
@@ -111,9 +165,48 @@ class Utterance:
         """No more text will come."""
         await self.send_text("", final=True)
 
+    def consumed(self, samples: int) -> None:
+        """The client took `samples` of the audio (a socket accepted them): feeds rate control."""
+        self.rate.consumed(samples)
+
+    def barge_in(self, fade_ms: float | None = None) -> None:
+        """Stop speaking now: at most `fade_ms` of faded audio follows, then the final chunk.
+
+        Bumps the generation, so audio already queued is dropped by every stage and by the
+        reader of `audio`; cancels the text and engine stages (the engine's step in flight
+        finishes and is discarded: the engine stays usable). `fade_ms=0` cuts.
+        """
+        if self.interrupted:
+            return
+        self.fade_ms = self.spec.barge_in_fade_ms if fade_ms is None else max(0.0, fade_ms)
+        self.generation += 1
+        self.stats.interrupted = True
+        self.probe.record_interrupted(round(self.fade_ms))
+        self._producers.cancel()
+        self._stitching.cancel()
+
     def cancel(self) -> None:
         """Stop every stage now; the engine's current step finishes and is discarded."""
         self._cancel_scope.cancel()
+
+
+class _CurrentAudio(ObjectReceiveStream[PCMChunk]):
+    """The utterance's audio without the chunks of generations older than its own."""
+
+    def __init__(self, utterance: Utterance, receive: ObjectReceiveStream[PCMChunk]) -> None:
+        self._utterance, self._receive = utterance, receive
+
+    async def receive(self) -> PCMChunk:
+        while True:
+            chunk = await self._receive.receive()
+            if chunk.generation >= self._utterance.generation:
+                return chunk
+
+    def close(self) -> None:
+        self._receive.close()  # type: ignore[attr-defined]
+
+    async def aclose(self) -> None:
+        await self._receive.aclose()
 
 
 @asynccontextmanager
@@ -130,30 +223,62 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
     seg_send, seg_recv = anyio.create_memory_object_stream[TextDelta](SEGMENT_BUFFER)
     raw_send, raw_recv = anyio.create_memory_object_stream[PCMChunk | TokenFrames](AUDIO_BUFFER)
     out_send, out_recv = anyio.create_memory_object_stream[PCMChunk](AUDIO_BUFFER)
-    async with anyio.create_task_group() as tg:
-        utterance = Utterance(spec, text_send, out_recv, tg.cancel_scope)
-        tg.start_soon(_chunk_stage, spec, text_recv, seg_send)
-        tg.start_soon(_engine_stage, spec, utterance.stats, seg_recv, raw_send)
-        tg.start_soon(_stitch_stage, spec, utterance.stats, raw_recv, out_send)
-        if text is not None:
-            tg.start_soon(functools.partial(utterance.send_text, text, final=True))
-        try:
-            yield utterance
-        finally:
-            # Normal exit: the stages have finished or are about to; early exit: stop them.
-            tg.cancel_scope.cancel()
-            out_recv.close()
+    stats = UtteranceStats(engine=spec.engine.name)
+    probe = spec.observer.on_request_start(spec, stats, text)
+    outcome = "cancelled"
+    try:
+        async with anyio.create_task_group() as tg:
+            utterance = Utterance(spec, text_send, out_recv, tg.cancel_scope, stats, probe)
+            with probe.activated():  # tasks started here inherit the request id and span
+                tg.start_soon(
+                    _producer_stages, utterance, text_recv, seg_send, seg_recv, raw_send
+                )
+                tg.start_soon(_stitch_stage, utterance, raw_recv, out_send)
+                if text is not None:
+                    tg.start_soon(functools.partial(utterance.send_text, text, final=True))
+            try:
+                yield utterance
+            finally:
+                # Normal exit: the stages have finished or are about to; early exit: stop them.
+                tg.cancel_scope.cancel()
+                out_recv.close()
+        outcome = "interrupted" if utterance.interrupted else "completed"
+    except Exception as exc:
+        outcome = "error"
+        probe.on_error(exc)
+        raise
+    finally:
+        probe.on_end(outcome)  # type: ignore[arg-type]
+
+
+async def _producer_stages(
+    utt: Utterance,
+    text_in: ObjectReceiveStream[TextDelta],
+    segments_out: ObjectSendStream[TextDelta],
+    segments_in: ObjectReceiveStream[TextDelta],
+    raw_out: ObjectSendStream[PCMChunk | TokenFrames],
+) -> None:
+    """The text and engine stages under one cancel scope, which barge-in cancels."""
+    with utt._producers:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_chunk_stage, utt, text_in, segments_out)
+            tg.start_soon(engine_stage, utt, segments_in, raw_out)
+    for stream in (text_in, segments_out, segments_in, raw_out):
+        stream.close()  # type: ignore[attr-defined]
 
 
 async def _chunk_stage(
-    spec: UtteranceSpec,
+    utt: Utterance,
     text_in: ObjectReceiveStream[TextDelta],
     segments_out: ObjectSendStream[TextDelta],
 ) -> None:
     """Cut text deltas into segments; pass them through whole for incremental engines."""
+    spec = utt.spec
     index = 0
     async with text_in, segments_out:
         async for delta in text_in:
+            if delta.generation < utt.generation:
+                continue  # text of an interrupted turn
             if spec.chunker is None:
                 pieces = [delta.text] if delta.text else []
             else:
@@ -161,6 +286,8 @@ async def _chunk_stage(
                 if delta.final:
                     pieces += spec.chunker.flush()
             for piece in pieces:
+                if utt.stats.first_segment_at is None:
+                    utt.stats.first_segment_at = time.perf_counter()
                 await segments_out.send(
                     TextDelta(
                         stream_id=spec.stream_id,
@@ -176,82 +303,15 @@ async def _chunk_stage(
                 return
 
 
-async def _engine_stage(
-    spec: UtteranceSpec,
-    stats: UtteranceStats,
-    segments_in: ObjectReceiveStream[TextDelta],
-    raw_out: ObjectSendStream[PCMChunk | TokenFrames],
-) -> None:
-    """Synthesize each segment, one blocking step per worker-thread call."""
-    caps = spec.engine.engine.capabilities
-    seq = 0
-    async with segments_in, raw_out:
-        async for segment in segments_in:
-            request = SynthesisRequest(
-                text=segment.text,
-                voice=spec.voice,
-                speed=spec.speed if caps.native_speed else 1.0,
-                options=spec.options,
-                low_latency=spec.low_latency,
-            )
-            spec.engine.active_streams += 1
-            try:
-                async for output in _steps(spec.engine, request):
-                    await raw_out.send(_wrap(caps, output, segment, seq))
-                    seq += 1
-            finally:
-                spec.engine.active_streams -= 1
-            stats.segments += 1
-            stats.characters_spoken += len(segment.text)
-
-
-def _wrap(
-    caps: EngineCapabilities, output: np.ndarray, segment: TextDelta, seq: int
-) -> PCMChunk | TokenFrames:
-    common = dict(
-        stream_id=segment.stream_id,
-        generation=segment.generation,
-        seq=seq,
-        segment=segment.segment,
-        trace=segment.trace,
-    )
-    if caps.output == "tokens":
-        return TokenFrames(frames=output, codec=caps.codec or "", **common)
-    return PCMChunk(
-        samples=np.asarray(output, dtype=np.float32), sample_rate=caps.sample_rate, **common
-    )
-
-
-async def _steps(loaded: LoadedEngine, request: SynthesisRequest) -> AsyncIterator[np.ndarray]:
-    """Iterate an engine's output; a sync iterator is advanced one `next()` per thread call."""
-    output = loaded.engine.synthesize(request)
-    if isinstance(output, AsyncIterator):
-        async for item in output:
-            yield item
-        return
-    iterator: Iterator[np.ndarray] = iter(output)
-    step = functools.partial(next, iterator, _DONE)
-    try:
-        while True:
-            item = await anyio.to_thread.run_sync(step, limiter=loaded.limiter)
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None:
-            close()
-
-
 async def _stitch_stage(
-    spec: UtteranceSpec,
-    stats: UtteranceStats,
+    utt: Utterance,
     raw_in: ObjectReceiveStream[PCMChunk | TokenFrames],
-    audio_out: ObjectSendStream[PCMChunk]
+    audio_out: ObjectSendStream[PCMChunk],
 ) -> None:
     """Decode codec frames, time-stretch if needed, and stitch into the output stream."""
+    spec, stats, rate = utt.spec, utt.stats, utt.rate
     stitcher = spec.stitcher
-    decoder = spec.codec.decoder() if spec.codec is not None else None
+    decoders: dict[str, Any] = {}
     stretch = SegmentStretcher(spec.speed) if _needs_stretch(spec) else None
     start = 0
     seq = 0
@@ -262,48 +322,58 @@ async def _stitch_stage(
         nonlocal start, seq
         if len(samples) == 0 and not final:
             return
+        ready_at = time.perf_counter()
         if stats.first_audio_at is None and len(samples):
-            stats.first_audio_at = time.perf_counter()
-        await audio_out.send(
-            PCMChunk(
-                stream_id=spec.stream_id,
-                seq=seq,
-                samples=samples,
-                sample_rate=stitcher.sample_rate,
-                start=start,
-                segment=last_segment,
-                final=final,
-            )
+            stats.first_audio_at = ready_at
+        rate.emitted(len(samples))
+        if final:
+            rate.finish()
+        chunk = PCMChunk(
+            stream_id=spec.stream_id, generation=utt.generation, seq=seq, samples=samples,
+            sample_rate=stitcher.sample_rate, start=start, segment=last_segment, final=final,
         )
+        playing = rate.buffer.playing
+        utt.probe.on_chunk(chunk, ready_at, buffer_ms=rate.buffer_ms() if playing else None)
+        await audio_out.send(chunk)
         start += len(samples)
         seq += 1
         stats.samples_out = start
 
     async with raw_in, audio_out:
-        async for event in raw_in:
-            if isinstance(event, TokenFrames):
-                if decoder is None:
-                    raise RuntimeError(f"engine emitted {event.codec} frames but has no codec")
-                samples = await anyio.to_thread.run_sync(decoder.decode, event.frames)
-                rate = spec.codec.sample_rate  # type: ignore[union-attr]
-            else:
-                samples, rate = event.samples, event.sample_rate
+        with utt._stitching:
+            async for event in raw_in:
+                if event.generation < utt.generation:
+                    continue  # audio of an interrupted turn
+                if isinstance(event, TokenFrames):
+                    codec = spec.codecs.get(event.codec) or spec.codec
+                    if codec is None:
+                        raise RuntimeError(f"engine emitted {event.codec} frames but has no codec")
+                    decoder = decoders.setdefault(event.codec, codec.decoder())
+                    samples = await anyio.to_thread.run_sync(decoder.decode, event.frames)
+                    rate_hz = codec.sample_rate
+                else:
+                    samples, rate_hz = event.samples, event.sample_rate
+                if stretch is not None:
+                    # The stretcher releases a whole segment once the next one begins.
+                    held_segment = last_segment
+                    samples = stretch.push(samples, rate_hz, event.segment)
+                    if len(samples):
+                        await emit(stitcher.push(samples, rate_hz, held_segment))
+                else:
+                    await emit(stitcher.push(samples, rate_hz, event.segment))
+                last_segment, last_rate = event.segment, rate_hz
+            tail = np.concatenate(
+                [np.zeros(0, np.float32), *(d.flush() for d in decoders.values())]
+            )
             if stretch is not None:
-                # The stretcher releases a whole segment once the next one begins.
-                held_segment = last_segment
-                samples = stretch.push(samples, rate, event.segment)
-                if len(samples):
-                    await emit(stitcher.push(samples, rate, held_segment))
-            else:
-                await emit(stitcher.push(samples, rate, event.segment))
-            last_segment, last_rate = event.segment, rate
-        tail = decoder.flush() if decoder is not None else np.zeros(0, np.float32)
-        if stretch is not None:
-            stretch.push(tail, last_rate, last_segment)
-            tail = stretch.flush()
-        if len(tail):
-            await emit(stitcher.push(tail, last_rate, last_segment))
-        await emit(stitcher.flush(), final=True)
+                stretch.push(tail, last_rate, last_segment)
+                tail = stretch.flush()
+            if len(tail):
+                await emit(stitcher.push(tail, last_rate, last_segment))
+            await emit(stitcher.flush(), final=True)
+            return
+        # Barge-in: whatever the stitcher holds, faded over at most fade_ms, ends the stream.
+        await emit(stitcher.fade_out(utt.fade_ms or 0.0), final=True)
 
 
 def _needs_stretch(spec: UtteranceSpec) -> bool:

@@ -24,7 +24,9 @@ from host.config import (
     convert_settings,
     load_config,
 )
+from host.failover import Candidate
 from host.pipeline import Utterance, UtteranceSpec, open_utterance
+from host.rate import RateSettings
 from host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
 from host.speed import MAX_SPEED, MIN_SPEED
 from host.streams import AudioStream, StreamHost
@@ -41,6 +43,8 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
         speed: 0.25-4.0.
         options: engine-specific knobs.
         low_latency: prefer an early first chunk.
+        pace: pause the engine while the client's buffer is full (None: `[server]
+            pace_playback`); False for whole-file responses that should not wait for playback.
     """
 
     engine: str | None = None
@@ -48,6 +52,7 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
     speed: float = 1.0
     options: dict[str, Any] = {}
     low_latency: bool = False
+    pace: bool | None = None
 
 
 class Runtime:
@@ -155,6 +160,24 @@ class Runtime:
             speed=request.speed,
             options=request.options,
             low_latency=request.low_latency,
+            **self._realtime(loaded, request),
+        )
+
+    def _realtime(self, loaded: LoadedEngine, request: SpeakRequest) -> dict[str, Any]:
+        """Rate control and failover for a spec: `[server]` settings, the loaded chain."""
+        server = self.config.server
+        chain = [self.registry.engines[name] for name in server.failover
+                 if name in self.registry.engines and name != loaded.name]
+        codecs = {
+            e.engine.capabilities.codec: self.registry.codecs[e.engine.capabilities.codec]
+            for e in [loaded, *chain] if e.engine.capabilities.codec in self.registry.codecs
+        }
+        return dict(
+            rate=RateSettings.from_server(server, pace=request.pace),
+            failover=tuple(Candidate(e, self.resolve_voice(e, None)) for e in chain),
+            codecs=codecs,
+            stall_timeout_s=server.stall_timeout_s,
+            barge_in_fade_ms=server.barge_in_fade_ms,
         )
 
     def speak(

@@ -30,7 +30,13 @@ class AudioStream:
     """The consumer's side of a background utterance.
 
     Iterate it for PCMChunks; the last has `final=True`. An error inside the utterance is
-    re-raised from the iteration. `aclose()` (or leaving `async with`) cancels the utterance.
+    re-raised from the iteration. `aclose()` (or leaving `async with`) cancels the utterance;
+    `barge_in()` ends it within one chunk.
+
+    Rate control needs to know what the client really took. By default a chunk counts as
+    consumed when the iteration asks for the next one (the previous send has returned). A
+    consumer that knows better (the HTTP layer, after each socket send) calls `consumed(n)`
+    instead; from its first call on, iteration reports nothing.
     """
 
     def __init__(self, receive: ObjectReceiveStream[PCMChunk], scope: anyio.CancelScope) -> None:
@@ -39,6 +45,7 @@ class AudioStream:
         self.utterance: Utterance | None = None
         self.error: BaseException | None = None
         self._started = anyio.Event()
+        self._manual_reports = False
 
     @property
     def stats(self) -> UtteranceStats | None:
@@ -55,9 +62,26 @@ class AudioStream:
     def __aiter__(self) -> AsyncIterator[PCMChunk]:
         return self._iterate()
 
+    def consumed(self, samples: int) -> None:
+        """The client took `samples` more of the audio (a socket send of them returned)."""
+        self._manual_reports = True
+        if self.utterance is not None:
+            self.utterance.consumed(samples)
+
+    def barge_in(self, fade_ms: float | None = None) -> None:
+        """Stop speaking: queued audio is dropped, at most `fade_ms` of fade ends the stream."""
+        if self.utterance is not None:
+            self.utterance.barge_in(fade_ms)
+
     async def _iterate(self) -> AsyncIterator[PCMChunk]:
         async for chunk in self._receive:
+            utterance = self.utterance
+            if utterance is not None and chunk.generation < utterance.generation:
+                continue  # queued before a barge-in
             yield chunk
+            # The consumer asks for the next chunk: this one has gone out.
+            if utterance is not None and not self._manual_reports:
+                utterance.consumed(len(chunk.samples))
         if self.error is not None:
             raise self.error
 

@@ -1,0 +1,322 @@
+"""Rate control: chunk sizes and pacing from a model of the client's playback buffer.
+
+The model is driven by what the client really took, not by what was produced: the consumer side
+(the HTTP layer after each socket send, or `AudioStream` on iteration) reports
+`consumed(samples)`, and the client is assumed to play that audio in real time from the first
+report on. The buffer depth is what it received minus what it has played; when it runs dry
+before the stream ends the client heard a gap: an underflow. The engine stage reports each
+chunk's production time (`produced`), smoothed by an EWMA, and the stitch stage reports audio
+it handed on (`emitted`), so audio queued between the stitcher and the client counts as on its
+way.
+
+The engine stage asks `next_chunk_size()` before each request and `pause_s()` between steps:
+
+    INIT -> WARMUP -> FILL -> STEADY            (start: small first chunk, grow x1.5 to target)
+                       ^          |
+                    RECOVER <- UNDERFLOW        (buffer low or dry: halve, low latency)
+
+- INIT: nothing produced; WARMUP: produced, the client has not taken any yet.
+- FILL: playing, buffer under target: each chunk grows x1.5 up to `target_chunk`.
+- STEADY: buffer at target; the chunk drifts back toward target by one unit per request;
+  if the buffer drops under `buffer_min_ms` -> UNDERFLOW.
+- UNDERFLOW: chunk halved (not under `min_chunk`), low latency on; the next request -> RECOVER.
+- RECOVER: grow again like FILL until the buffer is back at target -> STEADY, low latency off.
+- Overflow (buffer plus audio on its way above `buffer_max_ms`): `pause_s()` is positive until
+  the buffer has drained back to target (plus the time the next chunk takes to make, so
+  resuming never starves the client); then the chunk shrinks slightly.
+
+Every method takes an optional `at` (seconds on the injected clock), so tests drive it without
+threads or sleeps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from enum import Enum
+
+import msgspec
+
+EWMA_ALPHA = 0.3  # weight of the newest chunk time: settles in ~5-8 chunks, damps one-offs
+GROWTH = 1.5  # the seed's `size * 1.5` while the buffer is under target
+SHRINK_AFTER_OVERFLOW = 0.875  # "reduce size slightly" once an overflow pause ends
+RESUME_MARGIN = 2.0  # resume this many expected chunk times before the buffer hits target
+
+
+class RateState(str, Enum):
+    """Where the controller is in its start-up / steady / recovery cycle."""
+
+    INIT = "init"
+    WARMUP = "warmup"
+    FILL = "fill"
+    STEADY = "steady"
+    UNDERFLOW = "underflow"
+    RECOVER = "recover"
+
+
+class RateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """The controller's knobs, taken from `[server]` (see `from_server`).
+
+    Args:
+        first_chunk: first request's size, in engine units (tokens); 8/12/16 are the profiles.
+        target_chunk: size the chunk grows toward while the buffer fills.
+        min_chunk: hard lower bound.
+        max_chunk: hard upper bound.
+        lock_chunk: a fixed size that overrides the adaptation (manual override).
+        buffer_target_ms: the client buffer depth to hold.
+        buffer_min_ms: under this (once playing) the controller counts as underflowing.
+        buffer_max_ms: over this (including audio on its way) the engine pauses.
+        pace: pause the engine on overflow; False lets a fast reader take audio as fast as
+            it is made (downloads, benchmarks of throughput).
+    """
+
+    first_chunk: int = 12
+    target_chunk: int = 32
+    min_chunk: int = 8
+    max_chunk: int = 64
+    lock_chunk: int | None = None
+    buffer_target_ms: float = 300.0
+    buffer_min_ms: float = 200.0
+    buffer_max_ms: float = 500.0
+    pace: bool = True
+
+    @classmethod
+    def from_server(cls, server: object, *, pace: bool | None = None) -> RateSettings:
+        """Build from a `ServerSettings` (duck-typed, so this module imports no config)."""
+        return cls(
+            first_chunk=server.first_chunk_tokens,  # type: ignore[attr-defined]
+            target_chunk=server.target_chunk_tokens,  # type: ignore[attr-defined]
+            min_chunk=server.min_chunk_tokens,  # type: ignore[attr-defined]
+            max_chunk=server.max_chunk_tokens,  # type: ignore[attr-defined]
+            lock_chunk=server.lock_chunk_tokens,  # type: ignore[attr-defined]
+            buffer_target_ms=server.playback_buffer_ms,  # type: ignore[attr-defined]
+            buffer_min_ms=server.buffer_min_ms,  # type: ignore[attr-defined]
+            buffer_max_ms=server.buffer_max_ms,  # type: ignore[attr-defined]
+            pace=getattr(server, "pace_playback", True) if pace is None else pace,
+        )
+
+
+class PlaybackBuffer:
+    """The client's buffer: audio it received minus audio it has played in real time.
+
+    Playback starts at the first `receive`. When the buffer runs dry the play clock waits
+    (the client rebuffers); a dry spell before `finish()` is an underflow.
+    """
+
+    def __init__(self, at: float) -> None:
+        self.depth_ms = 0.0
+        self.received_ms = 0.0
+        self.underflows = 0
+        self.playing = False
+        self.finished = False
+        self._last = at
+        self._dry = False
+
+    def advance(self, at: float) -> None:
+        """Play audio up to time `at`."""
+        if self.playing and at > self._last:
+            played = 1000.0 * (at - self._last)
+            if played >= self.depth_ms and not self.finished and not self._dry:
+                self.underflows += 1
+                self._dry = True
+            self.depth_ms = max(0.0, self.depth_ms - played)
+        self._last = max(self._last, at)
+
+    def receive(self, duration_ms: float, at: float) -> None:
+        """The client took `duration_ms` of audio at time `at`."""
+        self.advance(at)
+        self.playing = True
+        self.depth_ms += duration_ms
+        self.received_ms += duration_ms
+        if duration_ms > 0:
+            self._dry = False
+
+
+class RateController:
+    """Chooses chunk sizes and pauses for one stream; a pure state machine.
+
+    Args:
+        settings: sizes and buffer thresholds.
+        sample_rate: the rate of the samples reported to `consumed` and `emitted`.
+        low_latency: the request asked for early first audio: the first chunk is `min_chunk`
+            and requests carry `low_latency` until the buffer first reaches target.
+        clock: seconds, monotonic; injected by tests.
+    """
+
+    def __init__(
+        self,
+        settings: RateSettings | None = None,
+        *,
+        sample_rate: int = 24000,
+        low_latency: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = s = settings or RateSettings()
+        self.sample_rate = sample_rate
+        self._clock = clock
+        self.state = RateState.INIT
+        self.low_latency = low_latency
+        first = s.min_chunk if low_latency else s.first_chunk
+        self.chunk_size = float(_clamp(first, s.min_chunk, s.max_chunk))
+        self.chunk_ms_ewma: float | None = None  # wall ms to produce one chunk
+        self.rtf_ewma: float | None = None  # wall ms per ms of audio produced
+        self.chunks = 0
+        self.emitted_ms = 0.0
+        self.paused = False
+        self.pauses = 0
+        self.buffer = PlaybackBuffer(clock())
+        self.history: list[RateState] = [self.state]
+
+    # -- reports -----------------------------------------------------------------------------
+
+    def produced(self, duration_ms: float, elapsed_ms: float, *, at: float | None = None) -> None:
+        """The engine made a chunk of `duration_ms` audio in `elapsed_ms` of wall time."""
+        self._advance(at)
+        self.chunks += 1
+        self.chunk_ms_ewma = _ewma(self.chunk_ms_ewma, elapsed_ms)
+        if duration_ms > 0:
+            self.rtf_ewma = _ewma(self.rtf_ewma, elapsed_ms / duration_ms)
+        if self.state is RateState.INIT:
+            self._enter(RateState.WARMUP)
+
+    def emitted(self, samples: int, *, at: float | None = None) -> None:
+        """The stitcher handed `samples` on toward the client."""
+        self._advance(at)
+        self.emitted_ms += 1000.0 * samples / self.sample_rate
+
+    def consumed(self, samples: int, *, at: float | None = None) -> None:
+        """The client took `samples` (a socket accepted them, a reader received them)."""
+        at = self._clock() if at is None else at
+        self._advance(at)
+        self.buffer.receive(1000.0 * samples / self.sample_rate, at)
+        if self.state in (RateState.INIT, RateState.WARMUP) and samples > 0:
+            self._enter(RateState.FILL)
+
+    def finish(self, *, at: float | None = None) -> None:
+        """No more audio will come: the buffer running dry from now on is the end, not a gap."""
+        self._advance(at)
+        self.buffer.finished = True
+
+    # -- questions ---------------------------------------------------------------------------
+
+    @property
+    def underflows(self) -> int:
+        """Times the client's buffer ran dry before the end."""
+        return self.buffer.underflows
+
+    def buffer_ms(self, *, at: float | None = None) -> float:
+        """Audio the client holds and has not played yet."""
+        self._advance(at)
+        return self.buffer.depth_ms
+
+    def in_flight_ms(self) -> float:
+        """Audio handed on by the stitcher that the client has not taken yet."""
+        return max(0.0, self.emitted_ms - self.buffer.received_ms)
+
+    def next_chunk_size(self, *, at: float | None = None) -> int:
+        """The size for the next engine request; moves the state machine one decision on."""
+        self._advance(at)
+        s = self.settings
+        depth = self.buffer.depth_ms + self.in_flight_ms()
+        if self.state is RateState.UNDERFLOW:
+            self._enter(RateState.RECOVER)
+        elif self.state in (RateState.FILL, RateState.RECOVER):
+            if self.buffer.depth_ms >= s.buffer_target_ms:
+                self._enter(RateState.STEADY)
+                self.low_latency = False
+            else:
+                self.chunk_size = min(float(s.target_chunk), self.chunk_size * GROWTH)
+        elif self.state is RateState.STEADY and self.buffer.depth_ms < s.buffer_min_ms:
+            self._underflow()
+        elif self.state is RateState.STEADY and not self.paused:
+            # Healthy: drift back toward target after the trims of overflow pauses.
+            self.chunk_size = min(float(s.target_chunk), self.chunk_size + 1)
+        self.chunk_size = max(self.chunk_size, float(s.min_chunk))
+        if s.lock_chunk is not None:
+            return _clamp(s.lock_chunk, s.min_chunk, s.max_chunk)
+        size = round(self.chunk_size)
+        if self.rtf_ewma and self.buffer.playing and self.chunks:
+            # The next chunk must be made before the buffer (and what is on its way) drains:
+            # cap it at what the smoothed per-unit time allows.
+            per_unit_ms = (self.chunk_ms_ewma or 0.0) / max(1.0, self.chunk_size)
+            if per_unit_ms > 0 and depth > 0:
+                size = min(size, int(depth / per_unit_ms))
+        return _clamp(size, s.min_chunk, s.max_chunk)
+
+    def pause_s(self, *, at: float | None = None) -> float:
+        """Seconds the engine should wait before its next step (0: go on)."""
+        self._advance(at)
+        s = self.settings
+        if not s.pace or not self.buffer.playing:
+            return 0.0
+        ahead = self.buffer.depth_ms + self.in_flight_ms()
+        if not self.paused and ahead > s.buffer_max_ms:
+            self.paused = True
+            self.pauses += 1
+        if not self.paused:
+            return 0.0
+        expected = RESUME_MARGIN * (self.chunk_ms_ewma or 0.0)
+        wait_ms = ahead - s.buffer_target_ms - expected
+        if wait_ms <= 0:
+            self.paused = False
+            self.chunk_size = max(float(s.min_chunk), self.chunk_size * SHRINK_AFTER_OVERFLOW)
+            return 0.0
+        return wait_ms / 1000.0
+
+    def should_pause(self, *, at: float | None = None) -> bool:
+        """True while the client holds more than it needs (overflow)."""
+        return self.pause_s(at=at) > 0
+
+    def snapshot(self) -> dict[str, object]:
+        """State for logs, spans and the perf panel."""
+        return {
+            "state": self.state.value,
+            "chunk_size": round(self.chunk_size),
+            "buffer_ms": round(self.buffer.depth_ms, 1),
+            "in_flight_ms": round(self.in_flight_ms(), 1),
+            "chunk_ms_ewma": None if self.chunk_ms_ewma is None else round(self.chunk_ms_ewma, 2),
+            "underflows": self.underflows,
+            "pauses": self.pauses,
+            "low_latency": self.low_latency,
+        }
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _advance(self, at: float | None) -> None:
+        before = self.buffer.underflows
+        self.buffer.advance(self._clock() if at is None else at)
+        if self.buffer.underflows > before:
+            self._underflow()
+
+    def _underflow(self) -> None:
+        s = self.settings
+        self.chunk_size = max(float(s.min_chunk), self.chunk_size / 2)
+        self.low_latency = True
+        self._enter(RateState.UNDERFLOW)
+
+    def _enter(self, state: RateState) -> None:
+        if state is not self.state:
+            self.state = state
+            self.history.append(state)
+
+
+def _ewma(previous: float | None, value: float) -> float:
+    return value if previous is None else EWMA_ALPHA * value + (1 - EWMA_ALPHA) * previous
+
+
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, int(value)))
+
+
+def first_words(text: str, words: int = 3) -> list[str]:
+    """Cut `text` after its first clause or first `words` words, whichever comes first.
+
+    Returns `[text]` when it is too short to be worth two engine calls.
+    """
+    parts = text.split(" ")
+    if sum(1 for p in parts if p) <= words + 2:
+        return [text]
+    for i, part in enumerate(parts[:words]):
+        if part.endswith((",", ";", ":")) and i > 0:
+            return [" ".join(parts[: i + 1]), " ".join(parts[i + 1 :])]
+    return [" ".join(parts[:words]), " ".join(parts[words:])]
