@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pytest
 from httpx_sse import connect_sse
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from tests.conftest import LiveServer, word_error_rate
@@ -39,10 +39,12 @@ module = "plugins.stitchers.crossfade"
 LONG_TEXT = " ".join(["This sentence keeps the tone engine busy for a while."] * 40)
 
 
-def start_server(tmp_path: Path, idle_s: float = 300.0) -> LiveServer:
+def start_server(
+    tmp_path: Path, idle_s: float = 300.0, env: dict[str, str] | None = None
+) -> LiveServer:
     config = tmp_path / "plugins.toml"
     config.write_text(CONFIG.format(idle=idle_s))
-    server = LiveServer(config)
+    server = LiveServer(config, env=env)
     try:
         server.wait_ready()
     except Exception:
@@ -452,6 +454,21 @@ def test_idle_sessions_expire_but_not_while_a_client_listens(tmp_path: Path) -> 
             while http.get(f"/v1/sessions/{listened}").status_code != 404:
                 assert time.monotonic() < deadline + 20, "the session never expired"
                 time.sleep(0.05)
+    finally:
+        server.stop()
+
+
+def test_sessions_need_the_api_key_when_the_server_has_one(tmp_path: Path) -> None:
+    server = start_server(tmp_path, env={"MORPHEUS_API_KEY": "k"})
+    try:
+        refused = httpx.post(f"{server.url}/v1/sessions", json={})
+        assert refused.status_code == 401
+        assert error_of(refused)["code"] == "invalid_api_key"
+        with pytest.raises(InvalidStatus):
+            connect(ws_url(server, "/v1/realtime"))
+        key = {"Authorization": "Bearer k"}
+        with connect(ws_url(server, "/v1/realtime"), additional_headers=key) as ws:
+            assert receive_json(ws)["type"] == "session.created"
     finally:
         server.stop()
 
