@@ -37,6 +37,10 @@ class FaultSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         silent: accept text and yield nothing.
         start_delay_ms: how long `start()` takes (a model load, for readiness tests).
         voices: the voice names it answers to.
+        token_ms: > 0 makes it behave like a token engine for rate control: each chunk holds
+            `request.chunk_size` units of `token_ms` audio (the rest of the segment's audio
+            stays 60 ms per character).
+        token_delay_ms: extra wait per unit of a chunk (with `token_ms`): the engine's speed.
     """
 
     sample_rate: int = 24000
@@ -50,6 +54,8 @@ class FaultSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     silent: bool = False
     start_delay_ms: float = 0.0
     voices: tuple[str, ...] = ("tone",)
+    token_ms: float = 0.0
+    token_delay_ms: float = 0.0
 
 
 class FaultEngine:
@@ -86,36 +92,63 @@ class FaultEngine:
         s = self.settings
         if s.silent:
             return
-        count = s.chunks_per_segment or max(1, round(len(request.text) * 60 / s.chunk_ms))
-        n = round(s.sample_rate * s.chunk_ms / 1000)
-        pitch = 220.0 + 20.0 * (sum(map(ord, request.text)) % 20)
-        for index in range(count):
+        for index, (n, units) in enumerate(self._chunk_plan(request)):
             with self._lock:
                 step = self.steps_started
                 self.steps_started += 1
-            delay = s.step_delay_ms + (s.first_delay_ms if index == 0 else 0.0)
+            delay = s.step_delay_ms + units * s.token_delay_ms
+            delay += s.first_delay_ms if index == 0 else 0.0
             if delay:
                 time.sleep(delay / 1000)
             if step == s.stall_after:
                 self._stopped.wait(s.stall_ms / 1000)
             if 0 <= s.fail_after <= step:
                 raise RuntimeError(f"fault engine: scripted failure at chunk {step}")
-            t = (np.arange(n) + index * n) / s.sample_rate
             with self._lock:
                 self.steps_finished += 1
-            yield (0.3 * np.sin(2 * np.pi * pitch * t)).astype(np.float32)
+            yield tone(request.text, n, s.sample_rate, offset=index * n)
+
+    def _chunk_plan(self, request: SynthesisRequest) -> list[tuple[int, int]]:
+        """(samples, units) per chunk: fixed chunks, or `chunk_size` units of `token_ms`."""
+        s = self.settings
+        if s.token_ms <= 0:
+            count = s.chunks_per_segment or max(1, round(len(request.text) * 60 / s.chunk_ms))
+            return [(round(s.sample_rate * s.chunk_ms / 1000), 0)] * count
+        units = request.chunk_size or 32
+        total_ms = s.chunks_per_segment * s.chunk_ms or len(request.text) * 60.0
+        total_units = max(1, round(total_ms / s.token_ms))
+        plan = []
+        while total_units > 0:
+            take = min(units, total_units)
+            plan.append((round(s.sample_rate * take * s.token_ms / 1000), take))
+            total_units -= take
+        return plan
+
+
+def pitch_of(text: str) -> float:
+    """The tone's frequency for `text`, Hz: tests tell segments and turns apart by it."""
+    return 220.0 + 20.0 * (sum(map(ord, text)) % 20)
+
+
+def tone(text: str, samples: int, sample_rate: int, offset: int = 0) -> np.ndarray:
+    """`samples` of the tone for `text`, continuing the phase from sample `offset`."""
+    t = (np.arange(samples) + offset) / sample_rate
+    return (0.3 * np.sin(2 * np.pi * pitch_of(text) * t)).astype(np.float32)
 
 
 def _create(settings: FaultSettings) -> FaultEngine:
     return FaultEngine(settings)
 
 
+def component(name: str) -> Component:
+    """The scripted engine under `name` (a second module offers it again as "fault2")."""
+    return Component(
+        name=name, kind="engine", create=_create, settings=FaultSettings,
+        description="scripted tones with delays, stalls, failures (tests, benchmarks)",
+    )
+
+
 @hookimpl
 def morpheus_engines() -> list[Component]:
     """Offer the scripted engine."""
-    return [
-        Component(
-            name="fault", kind="engine", create=_create, settings=FaultSettings,
-            description="scripted tones with delays, stalls, failures (tests, benchmarks)",
-        )
-    ]
+    return [component("fault")]
