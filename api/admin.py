@@ -156,8 +156,11 @@ async def load_plugin(request: Request, state: State) -> dict[str, Any]:
 
 @delete("/plugins/{name:str}", guards=[require_admin_key], status_code=200)
 async def unload_plugin(state: State, name: str, drain: bool = False) -> dict[str, Any]:
-    """Unload a plugin now. `?drain=true` lets open streams finish (up to
-    `[server] drain_timeout_s`); otherwise they end at once with an error event."""
+    """Unload a plugin now.
+
+    `?drain=true` lets open streams finish (up to `[server] drain_timeout_s`); otherwise they
+    end at once with an error event.
+    """
     runtime = _runtime(state)
     try:
         record = await runtime.unload_plugin(name, drain=drain)

@@ -13,7 +13,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 
-from api import admin, legacy, sessions, speech
+from api import admin, legacy, realtime, sessions, speech
 from api.errors import EXCEPTION_HANDLERS
 from host.config import MorpheusConfig, load_config
 from host.runtime import Runtime
@@ -65,7 +65,8 @@ def create_app(
 
     return Litestar(
         route_handlers=[
-            health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *admin.ROUTES,
+            health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
+            *admin.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
             create_static_files_router(
                 path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False

@@ -106,10 +106,12 @@ class EventQueue:
         self.closed = False
 
     def notify(self) -> None:
+        """Wake every waiter (something changed)."""
         self._changed.set()
         self._changed = anyio.Event()
 
     def put_control(self, event: SessionEvent) -> None:
+        """Queue a control event now, never waiting."""
         if self.closed:
             return
         if len(self._items) - self._audio >= MAX_CONTROL_EVENTS:
@@ -119,6 +121,7 @@ class EventQueue:
         self.notify()
 
     async def put_audio(self, event: AudioDelta, stale: Callable[[], bool]) -> None:
+        """Queue audio once there is room, unless `stale()` has turned true meanwhile."""
         while self._audio >= self._capacity and not self.closed:
             await self._changed.wait()
         if not self.closed and not stale():
@@ -127,6 +130,7 @@ class EventQueue:
             self.notify()
 
     def drop_audio(self, below_generation: int) -> None:
+        """Forget queued audio of generations older than `below_generation`."""
         kept = [
             e for e in self._items
             if not (isinstance(e, AudioDelta) and e.generation < below_generation)
@@ -136,6 +140,7 @@ class EventQueue:
         self.notify()
 
     async def get(self, lease: Lease) -> SessionEvent | None:
+        """The oldest event; None once closed and empty, or when `lease` is revoked."""
         while not lease.revoked:
             if self._items:
                 event = self._items.popleft()
@@ -149,5 +154,6 @@ class EventQueue:
         return None
 
     def close(self) -> None:
+        """Take no more events; readers get what is queued, then None."""
         self.closed = True
         self.notify()

@@ -224,8 +224,10 @@ class Session:
             self._interrupt()
 
     async def next_event(self, lease: Lease) -> SessionEvent | None:
-        """The next event for `lease`; None once the session closed or another consumer took
-        over. Audio of an interrupted generation is never returned."""
+        """The next event for `lease`, never audio of an interrupted generation.
+
+        Returns None once the session closed or another consumer took over.
+        """
         while True:
             event = await self._queue.get(lease)
             if isinstance(event, AudioDelta) and event.generation < self.generation:
