@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 import secrets
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -41,7 +42,10 @@ from host.speed import SegmentStretcher
 from observability import NULL_OBSERVER
 
 if TYPE_CHECKING:
-    from observability import UtteranceObserver, UtteranceProbe
+    from observability import Outcome, UtteranceObserver, UtteranceProbe
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 TEXT_BUFFER = 64  # text deltas are tiny; let a fast producer run ahead
 SEGMENT_BUFFER = 2  # at most two segments queued ahead of the engine
@@ -88,6 +92,7 @@ class UtteranceStats(msgspec.Struct, kw_only=True):
     first_segment_at: float | None = None  # the chunker released the first segment
     first_byte_at: float | None = None  # the engine yielded its first output
     first_audio_at: float | None = None  # the stitcher released the first sample
+    finished_at: float | None = None  # the stitcher released the final chunk
     segments: int = 0
     characters_spoken: int = 0
     samples_out: int = 0
@@ -225,7 +230,8 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
     out_send, out_recv = anyio.create_memory_object_stream[PCMChunk](AUDIO_BUFFER)
     stats = UtteranceStats(engine=spec.engine.name)
     probe = spec.observer.on_request_start(spec, stats, text)
-    outcome = "cancelled"
+    utterance: Utterance | None = None
+    outcome: Outcome = "cancelled"
     try:
         async with anyio.create_task_group() as tg:
             utterance = Utterance(spec, text_send, out_recv, tg.cancel_scope, stats, probe)
@@ -242,13 +248,24 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
                 # Normal exit: the stages have finished or are about to; early exit: stop them.
                 tg.cancel_scope.cancel()
                 out_recv.close()
-        outcome = "interrupted" if utterance.interrupted else "completed"
     except Exception as exc:
         outcome = "error"
-        probe.on_error(exc)
+        probe.on_error(_stage_error(exc))
         raise
     finally:
-        probe.on_end(outcome)  # type: ignore[arg-type]
+        if outcome != "error":
+            if utterance is not None and utterance.interrupted:
+                outcome = "interrupted"
+            elif stats.finished_at is not None:
+                outcome = "completed"  # else the consumer left early: "cancelled"
+        probe.on_end(outcome)
+
+
+def _stage_error(exc: BaseException) -> BaseException:
+    """The error a stage raised, out of the TaskGroup's ExceptionGroup."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 async def _producer_stages(
@@ -317,9 +334,11 @@ async def _stitch_stage(
     seq = 0
     last_segment = 0
     last_rate = spec.engine.engine.capabilities.sample_rate
+    tokens: int | None = None  # codec frames behind the latest output (token engines)
+    underflows = 0  # reported to the probe so far
 
     async def emit(samples: np.ndarray, final: bool = False) -> None:
-        nonlocal start, seq
+        nonlocal start, seq, underflows
         if len(samples) == 0 and not final:
             return
         ready_at = time.perf_counter()
@@ -328,12 +347,17 @@ async def _stitch_stage(
         rate.emitted(len(samples))
         if final:
             rate.finish()
+            stats.finished_at = ready_at
         chunk = PCMChunk(
             stream_id=spec.stream_id, generation=utt.generation, seq=seq, samples=samples,
             sample_rate=stitcher.sample_rate, start=start, segment=last_segment, final=final,
+            trace=utt.probe.trace,
         )
-        playing = rate.buffer.playing
-        utt.probe.on_chunk(chunk, ready_at, buffer_ms=rate.buffer_ms() if playing else None)
+        buffer_ms = rate.buffer_ms() if rate.buffer.playing else None
+        while underflows < rate.underflows:  # the client ran dry since the last chunk
+            underflows += 1
+            utt.probe.record_underflow(buffer_ms)
+        utt.probe.on_chunk(chunk, ready_at, chunk_tokens=tokens, buffer_ms=buffer_ms)
         await audio_out.send(chunk)
         start += len(samples)
         seq += 1
@@ -350,7 +374,7 @@ async def _stitch_stage(
                         raise RuntimeError(f"engine emitted {event.codec} frames but has no codec")
                     decoder = decoders.setdefault(event.codec, codec.decoder())
                     samples = await anyio.to_thread.run_sync(decoder.decode, event.frames)
-                    rate_hz = codec.sample_rate
+                    rate_hz, tokens = codec.sample_rate, len(event.frames)
                 else:
                     samples, rate_hz = event.samples, event.sample_rate
                 if stretch is not None:

@@ -30,6 +30,9 @@ from host.rate import RateSettings
 from host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
 from host.speed import MAX_SPEED, MIN_SPEED
 from host.streams import AudioStream, StreamHost
+from observability import NULL_OBSERVER, UtteranceObserver
+from observability.logs import current_request_id
+from observability.tracing import carrier_from_traceparent, current_carrier
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,9 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
         low_latency: prefer an early first chunk.
         pace: pause the engine while the client's buffer is full (None: `[server]
             pace_playback`); False for whole-file responses that should not wait for playback.
+        traceparent: a W3C `traceparent` to continue (sent in a body or a WebSocket message);
+            None continues the current span (the HTTP request's), if any. Malformed: ignored.
+        response_format: the format the caller encodes to (a span attribute).
     """
 
     engine: str | None = None
@@ -53,6 +59,8 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
     options: dict[str, Any] = {}
     low_latency: bool = False
     pace: bool | None = None
+    traceparent: str | None = None
+    response_format: str | None = None
 
 
 class Runtime:
@@ -70,6 +78,7 @@ class Runtime:
         self.config = config if config is not None else load_config()
         self.registry = Registry(self.config, entry_points=entry_points)
         self.streams = StreamHost()
+        self.observer: UtteranceObserver = NULL_OBSERVER  # the server sets a Telemetry
         self.config_error: str | None = None  # why the last plugins.toml edit was refused
         self._file_plugins = dict(self.config.plugins)
         self._file_bytes: bytes | None = None
@@ -161,6 +170,11 @@ class Runtime:
             options=request.options,
             low_latency=request.low_latency,
             **self._realtime(loaded, request),
+            observer=self.observer,
+            # Captured here, in the caller's task: the utterance runs in a background task.
+            trace=carrier_from_traceparent(request.traceparent) or current_carrier(),
+            request_id=current_request_id(),
+            response_format=request.response_format,
         )
 
     def _realtime(self, loaded: LoadedEngine, request: SpeakRequest) -> dict[str, Any]:

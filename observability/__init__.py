@@ -8,8 +8,8 @@ always and OpenTelemetry spans when it has a tracer provider, and logs a line pe
 
 Barge-in, failover and underflow are reported on the probe too (`record_interrupted`,
 `record_barge_in`, `record_failover`, `record_underflow`): span events and links, counters.
-Until a rate controller measures the listener's buffer, `Telemetry` models it as a listener
-that starts playing at the first chunk and plays in real time, and counts the times it runs dry.
+The listener's buffer depth and its underflows come from the rate controller (host/rate.py),
+which measures what the client really took.
 """
 
 from __future__ import annotations
@@ -85,8 +85,7 @@ class UtteranceProbe(Protocol):
             chunk: the chunk (empty ones are ignored).
             ready_at: when it became ready.
             chunk_tokens: codec frames it came from (token engines).
-            buffer_ms: the listener's measured playback buffer; None lets the probe model it
-                (and report underflows itself).
+            buffer_ms: the listener's playback buffer (None: not known yet).
         """
 
     def on_error(self, error: BaseException) -> None:
@@ -104,8 +103,8 @@ class UtteranceProbe(Protocol):
     def record_failover(self, from_engine: str, to_engine: str, reason: str | None = None) -> None:
         """The stream moved from a failing engine to the next one in the chain."""
 
-    def record_underflow(self, gap_ms: float, buffer_ms: float = 0.0) -> None:
-        """The listener's buffer ran dry for `gap_ms` before the next chunk arrived."""
+    def record_underflow(self, buffer_ms: float | None = None) -> None:
+        """The listener's buffer ran dry before the stream ended (a gap it heard)."""
 
 
 class UtteranceObserver(Protocol):
@@ -134,7 +133,7 @@ class _NullProbe:
     def record_interrupted(self, fade_ms: int = 0) -> None: ...
     def record_barge_in(self, interrupted: SpanContext | None) -> None: ...
     def record_failover(self, from_engine: str, to_engine: str, reason: str | None = None) -> None: ...  # noqa: E501
-    def record_underflow(self, gap_ms: float, buffer_ms: float = 0.0) -> None: ...
+    def record_underflow(self, buffer_ms: float | None = None) -> None: ...
 
 
 NULL_PROBE: UtteranceProbe = _NullProbe()
@@ -187,7 +186,6 @@ class _UtteranceTelemetry:
         self.metrics = telemetry.metrics
         self._offset_ns = time.time_ns() - time.perf_counter_ns()
         self._last_ready = stats.started_at
-        self._deadline: float | None = None  # when the modelled listener runs out of audio
         self._chunks = self._underflows = self._silent_samples = 0
         self._audible_ms: float | None = None
         self._ended = False
@@ -211,6 +209,8 @@ class _UtteranceTelemetry:
                 attributes["tts.session_id"] = spec.options["session_id"]
             self.spans = UtteranceSpans(
                 telemetry.tracer, attributes, spec.trace, start_ns=self._ns(stats.started_at),
+                # One trace per session turn, linked to the request or socket that opened it.
+                new_trace="tts.session_id" in attributes,
             )
             self.trace = self.spans.carrier
 
@@ -255,8 +255,6 @@ class _UtteranceTelemetry:
         self._chunks += 1
         duration_s = samples / chunk.sample_rate
         started, self._last_ready = self._last_ready, ready_at
-        if buffer_ms is None:
-            buffer_ms = self._model_buffer(ready_at, duration_s, chunk.seq)
         if self._chunks == 1:
             ttfa = ready_at - self.stats.started_at
             self.metrics.time_to_first_audio.labels(self.engine).observe(ttfa)
@@ -268,31 +266,19 @@ class _UtteranceTelemetry:
             attributes: dict[str, Any] = {
                 "tts.chunk.seq": chunk.seq, "tts.chunk.samples": samples,
                 "tts.chunk.duration_ms": 1000.0 * duration_s,
-                "tts.chunk.buffer_ms": buffer_ms,
                 "tts.chunk.latency_ms": 1000.0 * (ready_at - self.stats.started_at),
                 "tts.chunk.segment": chunk.segment, "tts.engine": self.engine,
             }
+            if buffer_ms is not None:
+                attributes["tts.chunk.buffer_ms"] = buffer_ms
             if chunk_tokens is not None:
                 attributes["tts.chunk.size_tokens"] = chunk_tokens
             self.spans.chunk(chunk.segment, self._ns(started), self._ns(ready_at), attributes)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("chunk ready", extra={
                 "engine": self.engine, "seq": chunk.seq, "chunk_samples": samples,
-                "chunk_tokens": chunk_tokens, "buffer_ms": round(buffer_ms, 1),
+                "chunk_tokens": chunk_tokens, "buffer_ms": buffer_ms,
             })
-
-    def _model_buffer(self, ready_at: float, duration_s: float, seq: int) -> float:
-        """Audio the listener still had queued when this chunk became ready, in ms."""
-        if self._deadline is None:
-            self._deadline = ready_at + duration_s
-            return 0.0
-        buffer_s = self._deadline - ready_at
-        if buffer_s < 0:
-            self.record_underflow(-1000.0 * buffer_s, 0.0)
-            self._deadline = ready_at + duration_s  # playback resumes with this chunk
-        else:
-            self._deadline += duration_s
-        return max(0.0, 1000.0 * buffer_s)
 
     def _find_onset(self, chunk: PCMChunk) -> None:
         loud = np.flatnonzero(np.abs(chunk.samples) > SILENCE)
@@ -306,10 +292,11 @@ class _UtteranceTelemetry:
     def on_error(self, error: BaseException) -> None:
         if self.spans:
             self.spans.fail(error)
-        log.error(
-            "utterance failed: %s", error,
-            extra={"engine": self.engine, "stream_id": self.stream_id},
-        )
+        with self.activated():
+            log.error(
+                "utterance failed: %s", error,
+                extra={"engine": self.engine, "stream_id": self.stream_id},
+            )
 
     def on_end(self, outcome: Outcome) -> None:
         if self._ended:
@@ -350,12 +337,13 @@ class _UtteranceTelemetry:
             )
         if rtf is not None:
             summary["tts.real_time_factor"] = rtf
+        with self.activated():  # the log line carries the request and trace ids
+            log.info("utterance %s", outcome, extra={
+                "engine": self.engine, "stream_id": self.stream_id,
+                **{key.removeprefix("tts."): value for key, value in summary.items()},
+            })
         if self.spans:
             self.spans.end(summary, self._ns(now))
-        log.info("utterance %s", outcome, extra={
-            "engine": self.engine, "stream_id": self.stream_id,
-            **{key.removeprefix("tts."): value for key, value in summary.items()},
-        })
 
     def record_interrupted(self, fade_ms: int = 0) -> None:
         self._outcome_note = "interrupted"
@@ -387,15 +375,11 @@ class _UtteranceTelemetry:
             "stream_id": self.stream_id,
         })
 
-    def record_underflow(self, gap_ms: float, buffer_ms: float = 0.0) -> None:
+    def record_underflow(self, buffer_ms: float | None = None) -> None:
         self._underflows += 1
         self.metrics.underflows.labels(self.engine).inc()
         if self.spans:
-            self.spans.event("tts.underflow", {
-                "tts.underflow.gap_ms": gap_ms, "tts.underflow.buffer_ms": buffer_ms,
-                "tts.underflow.after_chunks": self._chunks,
-            })
+            self.spans.event("tts.underflow", {"tts.underflow.after_chunks": self._chunks})
         log.info("playback underflow", extra={
-            "engine": self.engine, "gap_ms": round(gap_ms, 1), "buffer_ms": buffer_ms,
-            "stream_id": self.stream_id,
+            "engine": self.engine, "buffer_ms": buffer_ms, "stream_id": self.stream_id,
         })

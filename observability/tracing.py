@@ -27,7 +27,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
-from opentelemetry.trace import Span, SpanContext, SpanKind, Status, StatusCode
+from opentelemetry.trace import Link, Span, SpanContext, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 TRACER_NAME = "morpheus"
@@ -195,6 +195,8 @@ class UtteranceSpans:
         tracer: where spans go.
         attributes: the request span's starting attributes (engine, voice, characters...).
         parent: W3C carrier of the parent (the HTTP server span, a client's traceparent).
+        new_trace: start a new trace linked to `parent` rather than continuing it (one trace
+            per turn of a realtime session, however long its socket lives).
         start_ns: the request's start, in epoch nanoseconds.
     """
 
@@ -205,14 +207,19 @@ class UtteranceSpans:
         parent: Mapping[str, str] | None,
         *,
         start_ns: int,
+        new_trace: bool = False,
     ) -> None:
         self.tracer = tracer
-        # No parent: a new trace (a session turn started by a background task), never
-        # whatever span happens to be current in this task.
+        links: list[Link] = []
+        # No parent: a new trace, never whatever span happens to be current in this task.
         parent_context = _W3C.extract(dict(parent)) if parent else Context()
+        if new_trace:
+            opener = span_context_of(parent)
+            links = [Link(opener, {"tts.link": "opened_by"})] if opener else []
+            parent_context = Context()
         self.request = tracer.start_span(
             "tts.request", context=parent_context, kind=SpanKind.INTERNAL,
-            attributes=attributes, start_time=start_ns,
+            attributes=attributes, links=links, start_time=start_ns,
         )
         self._request_context = trace.set_span_in_context(self.request)
         self.carrier: dict[str, str] = {}
