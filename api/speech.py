@@ -335,6 +335,7 @@ async def create_speech(request: Request, state: State) -> Stream:
         speed=speech.rate,
         options=speech.engine_options(),
         low_latency=speech.low_latency,
+        response_format=speech.format,
     )
     job = await start_job(request, runtime, speak, speech.input, speech.format)
     headers = audio_headers(resolved)
