@@ -47,6 +47,7 @@ async def engine_stage(
         while (segment := await log.get(index)) is not None:
             if segment.generation < utt.generation:
                 return
+            await _pace(rate, rate.expected_audio_ms(len(segment.text)))
             loaded = policy.engine
             caps = loaded.engine.capabilities
             base = SynthesisRequest(
@@ -77,6 +78,7 @@ async def engine_stage(
                 return
             if spoke:
                 unrecovered = None
+            rate.segment_done(len(segment.text))
             stats.segments += 1
             stats.characters_spoken += len(segment.text)
             index += 1
@@ -111,7 +113,7 @@ async def _speak_segment(
                 utt.stats.first_byte_at = time.perf_counter()
             await raw_out.send(event)
             sent += 1
-            await _pace(utt.rate)
+            await _pace(utt.rate, None)
 
 
 def _low_latency_split(spec: UtteranceSpec) -> bool:
@@ -120,10 +122,10 @@ def _low_latency_split(spec: UtteranceSpec) -> bool:
     return spec.low_latency and spec.engine.engine.capabilities.output == "pcm"
 
 
-async def _pace(rate: RateController) -> None:
+async def _pace(rate: RateController, next_audio_ms: float | None) -> None:
     """Wait while the client holds more audio than it needs (overflow)."""
     # The model drains with the clock, not with an event: polling it is the point.
-    while (wait_s := rate.pause_s()) > 0:  # noqa: ASYNC110
+    while (wait_s := rate.pause_s(next_audio_ms=next_audio_ms)) > 0:  # noqa: ASYNC110
         await anyio.sleep(min(wait_s, MAX_PAUSE_S))
 
 

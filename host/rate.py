@@ -21,9 +21,12 @@ The engine stage asks `next_chunk_size()` before each request and `pause_s()` be
   if the buffer drops under `buffer_min_ms` -> UNDERFLOW.
 - UNDERFLOW: chunk halved (not under `min_chunk`), low latency on; the next request -> RECOVER.
 - RECOVER: grow again like FILL until the buffer is back at target -> STEADY, low latency off.
-- Overflow (buffer plus audio on its way above `buffer_max_ms`): `pause_s()` is positive until
-  the buffer has drained back to target (plus the time the next chunk takes to make, so
-  resuming never starves the client); then the chunk shrinks slightly.
+- Overflow: `pause_s()` holds the engine while making the next chunk now would push the
+  buffer (plus audio on its way) over `buffer_max_ms` when it lands, but never so long that
+  the buffer would fall under target before the chunk arrives. The next chunk's cost is
+  predicted from the EWMAs: its audio (from the segment's length at the smoothed ms of audio
+  per character, else the smoothed chunk duration) times the smoothed real-time factor. A
+  buffer over `buffer_max_ms` anyway (chunks too big to fit) shrinks the chunk slightly.
 
 Every method takes an optional `at` (seconds on the injected clock), so tests drive it without
 threads or sleeps.
@@ -40,7 +43,8 @@ import msgspec
 EWMA_ALPHA = 0.3  # weight of the newest chunk time: settles in ~5-8 chunks, damps one-offs
 GROWTH = 1.5  # the seed's `size * 1.5` while the buffer is under target
 SHRINK_AFTER_OVERFLOW = 0.875  # "reduce size slightly" once an overflow pause ends
-RESUME_MARGIN = 2.0  # resume this many expected chunk times before the buffer hits target
+SAFETY = 1.5  # assume the next chunk takes this much longer than predicted
+HEADROOM = 0.2  # aim the buffer's peaks this share of (max - target) under max
 
 
 class RateState(str, Enum):
@@ -159,7 +163,10 @@ class RateController:
         first = s.min_chunk if low_latency else s.first_chunk
         self.chunk_size = float(_clamp(first, s.min_chunk, s.max_chunk))
         self.chunk_ms_ewma: float | None = None  # wall ms to produce one chunk
+        self.audio_ms_ewma: float | None = None  # audio ms in one chunk
         self.rtf_ewma: float | None = None  # wall ms per ms of audio produced
+        self.ms_per_char_ewma: float | None = None  # audio ms per character of text
+        self._segment_audio_ms = 0.0
         self.chunks = 0
         self.emitted_ms = 0.0
         self.paused = False
@@ -174,10 +181,20 @@ class RateController:
         self._advance(at)
         self.chunks += 1
         self.chunk_ms_ewma = _ewma(self.chunk_ms_ewma, elapsed_ms)
+        self._segment_audio_ms += duration_ms
         if duration_ms > 0:
+            self.audio_ms_ewma = _ewma(self.audio_ms_ewma, duration_ms)
             self.rtf_ewma = _ewma(self.rtf_ewma, elapsed_ms / duration_ms)
         if self.state is RateState.INIT:
             self._enter(RateState.WARMUP)
+
+    def segment_done(self, characters: int) -> None:
+        """A text segment of `characters` is fully synthesized (learns audio per character)."""
+        if characters > 0 and self._segment_audio_ms > 0:
+            self.ms_per_char_ewma = _ewma(
+                self.ms_per_char_ewma, self._segment_audio_ms / characters
+            )
+        self._segment_audio_ms = 0.0
 
     def emitted(self, samples: int, *, at: float | None = None) -> None:
         """The stitcher handed `samples` on toward the client."""
@@ -228,8 +245,10 @@ class RateController:
                 self.chunk_size = min(float(s.target_chunk), self.chunk_size * GROWTH)
         elif self.state is RateState.STEADY and self.buffer.depth_ms < s.buffer_min_ms:
             self._underflow()
-        elif self.state is RateState.STEADY and not self.paused:
-            # Healthy: drift back toward target after the trims of overflow pauses.
+        elif self.state is RateState.STEADY and self.buffer.depth_ms > s.buffer_max_ms:
+            self.chunk_size *= SHRINK_AFTER_OVERFLOW  # overflowed despite pausing: smaller
+        elif self.state is RateState.STEADY:
+            # Healthy: drift back toward target after the trims of overflows.
             self.chunk_size = min(float(s.target_chunk), self.chunk_size + 1)
         self.chunk_size = max(self.chunk_size, float(s.min_chunk))
         if s.lock_chunk is not None:
@@ -243,24 +262,37 @@ class RateController:
                 size = min(size, int(depth / per_unit_ms))
         return _clamp(size, s.min_chunk, s.max_chunk)
 
-    def pause_s(self, *, at: float | None = None) -> float:
-        """Seconds the engine should wait before its next step (0: go on)."""
+    def expected_audio_ms(self, characters: int | None = None) -> float:
+        """Audio the next chunk will likely hold: from its text if given, else the EWMA."""
+        if characters and self.ms_per_char_ewma:
+            return characters * self.ms_per_char_ewma
+        return self.audio_ms_ewma or 0.0
+
+    def pause_s(self, *, next_audio_ms: float | None = None, at: float | None = None) -> float:
+        """Seconds the engine should wait before making its next chunk (0: go on).
+
+        Args:
+            next_audio_ms: the audio the next chunk will hold, if known (see
+                `expected_audio_ms`); else the smoothed chunk duration.
+            at: the time, on the controller's clock.
+        """
         self._advance(at)
         s = self.settings
         if not s.pace or not self.buffer.playing:
             return 0.0
+        audio = next_audio_ms if next_audio_ms is not None else self.expected_audio_ms()
+        make = (self.rtf_ewma or 0.0) * audio if audio else (self.chunk_ms_ewma or 0.0)
         ahead = self.buffer.depth_ms + self.in_flight_ms()
-        if not self.paused and ahead > s.buffer_max_ms:
-            self.paused = True
-            self.pauses += 1
-        if not self.paused:
-            return 0.0
-        expected = RESUME_MARGIN * (self.chunk_ms_ewma or 0.0)
-        wait_ms = ahead - s.buffer_target_ms - expected
+        peak = ahead - make + audio  # the buffer just after the chunk lands
+        trough = ahead - SAFETY * make  # just before it lands, if it comes late
+        ceiling = s.buffer_max_ms - HEADROOM * (s.buffer_max_ms - s.buffer_target_ms)
+        wait_ms = min(peak - ceiling, trough - s.buffer_target_ms)
         if wait_ms <= 0:
             self.paused = False
-            self.chunk_size = max(float(s.min_chunk), self.chunk_size * SHRINK_AFTER_OVERFLOW)
             return 0.0
+        if not self.paused:
+            self.paused = True
+            self.pauses += 1
         return wait_ms / 1000.0
 
     def should_pause(self, *, at: float | None = None) -> bool:
