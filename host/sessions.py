@@ -81,6 +81,7 @@ class Turn:
         self.chunks = 0
         self.samples = 0
         self.sample_rate = 0
+        self.utterance: Any = None  # while speaking: its probe records a barge-in
 
     @property
     def unfinished(self) -> bool:
@@ -121,6 +122,7 @@ class Session:
         self._open: Turn | None = None
         self._consumer: Lease | None = None
         self._last_active = time.monotonic()
+        self._interrupted_span: Any = None  # the next turn's trace links to it
 
     # -- state -------------------------------------------------------------------------------
 
@@ -190,6 +192,9 @@ class Session:
         self._open = None
         for turn in interrupted:
             turn.state = "interrupted"
+            if turn.utterance is not None:
+                turn.utterance.probe.record_interrupted()
+                self._interrupted_span = turn.utterance.probe.span_context
             turn.scope.cancel()
             turn.text_send.close()
         self._queue.drop_audio(self.generation)
@@ -265,6 +270,10 @@ class Session:
         self._emit(turn, TurnStarted(**common))
         try:
             async with self._runtime.speak(self.request) as utterance:
+                turn.utterance = utterance
+                if self._interrupted_span is not None:  # the first turn after a barge-in
+                    utterance.probe.record_barge_in(self._interrupted_span)
+                    self._interrupted_span = None
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._feed, turn, utterance)
                     async for chunk in utterance.audio:
