@@ -193,7 +193,9 @@ class Session:
         for turn in interrupted:
             turn.state = "interrupted"
             if turn.utterance is not None:
-                turn.utterance.probe.record_interrupted()
+                # Stops the engine between steps and drops the turn's queued audio in every
+                # stage (generation bump); a session cuts, the fade is for streamed responses.
+                turn.utterance.barge_in(0)
                 self._interrupted_span = turn.utterance.probe.span_context
             turn.scope.cancel()
             turn.text_send.close()
