@@ -1,0 +1,118 @@
+"""Barge-in: audio stops within one chunk (cut or a bounded fade), old audio never leaks."""
+
+from __future__ import annotations
+
+import anyio
+import numpy as np
+import pytest
+
+from host.config import MorpheusConfig, PluginEntry, ServerSettings
+from host.runtime import Runtime, SpeakRequest
+from plugins.engines.fault import pitch_of
+
+pytestmark = pytest.mark.anyio
+
+RATE = 24000
+OLD, NEW = "The old turn.", "A new turn."  # 520 Hz and 260 Hz tones
+
+
+def fault_runtime(**settings: object) -> Runtime:
+    config = MorpheusConfig(
+        server=ServerSettings(default_engine="fault"),
+        plugins={
+            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
+            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+        },
+    )
+    return Runtime(config, entry_points=False)
+
+
+def dominant_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / RATE)[np.argmax(spectrum)])
+
+
+def test_the_two_turns_are_told_apart_by_pitch() -> None:
+    assert abs(pitch_of(OLD) - pitch_of(NEW)) >= 200
+
+
+@pytest.mark.parametrize("fade_ms", [0, 10, 30])
+async def test_after_barge_in_at_most_the_fade_follows(fade_ms: int) -> None:
+    runtime = fault_runtime(chunks_per_segment=50, chunk_ms=50, step_delay_ms=5)
+    async with runtime.running():
+        stream = runtime.stream(SpeakRequest(pace=False), OLD)
+        before = []
+        async for chunk in stream:
+            before.append(chunk)
+            if len(before) == 3:
+                stream.barge_in(fade_ms)
+                break
+        after = [chunk async for chunk in stream]
+    assert sum(len(c.samples) for c in after) <= round(fade_ms * RATE / 1000)
+    assert after[-1].final
+    tail = np.concatenate([c.samples for c in after]) if after else np.zeros(0)
+    if len(tail):
+        assert abs(tail[-1]) < 1e-6  # faded to silence, no click
+    assert stream.utterance.stats.interrupted  # type: ignore[union-attr]
+
+
+async def test_queued_audio_of_the_interrupted_turn_is_dropped() -> None:
+    # A fast engine and a reader that has not read: every buffer on the way is full.
+    runtime = fault_runtime(chunks_per_segment=50, chunk_ms=50)
+    async with runtime.running():
+        stream = runtime.stream(SpeakRequest(pace=False), OLD)
+        iterator = aiter(stream)
+        await anext(iterator)
+        await anyio.sleep(0.2)
+        stream.barge_in(20)
+        after = [chunk async for chunk in iterator]
+    assert sum(len(c.samples) for c in after) <= round(20 * RATE / 1000)
+
+
+async def test_the_engine_stops_and_stays_usable_for_the_next_turn() -> None:
+    runtime = fault_runtime(chunks_per_segment=50, chunk_ms=20, step_delay_ms=20)
+    async with runtime.running():
+        loaded = runtime.registry.engine("fault")
+        async with runtime.speak(SpeakRequest(pace=False), OLD) as utterance:
+            await utterance.audio.receive()
+            utterance.barge_in(0)
+            rest = [chunk async for chunk in utterance.audio]
+        assert [len(c.samples) for c in rest] == [0] and rest[0].final
+        stopped_at = loaded.engine.steps_started
+        assert stopped_at < 50
+        await anyio.sleep(0.1)  # several steps' worth: nothing more runs
+        assert loaded.engine.steps_started == stopped_at
+        assert loaded.limiter.borrowed_tokens == 0 and loaded.active_streams == 0
+        # The next turn speaks in full, in its own voice only.
+        async with runtime.speak(SpeakRequest(pace=False), NEW) as utterance:
+            chunks = [chunk async for chunk in utterance.audio]
+    audio = np.concatenate([c.samples for c in chunks])
+    assert len(audio) == 50 * 480
+    for start in range(0, len(audio) - 2400, 2400):
+        assert dominant_hz(audio[start : start + 2400]) == pytest.approx(pitch_of(NEW), abs=10)
+
+
+async def test_text_sent_after_a_barge_in_is_ignored() -> None:
+    runtime = fault_runtime(chunks_per_segment=5, chunk_ms=20)
+    async with runtime.running():
+        async with runtime.speak(SpeakRequest(pace=False)) as utterance:
+            await utterance.send_text("Spoken at first. ")
+            await utterance.audio.receive()
+            utterance.barge_in(0)
+            await utterance.send_text("Never spoken.", final=True)
+            rest = [chunk async for chunk in utterance.audio]
+    assert sum(len(c.samples) for c in rest) == 0
+    assert utterance.stats.segments <= 1
+
+
+async def test_events_carry_the_new_generation_after_barge_in() -> None:
+    runtime = fault_runtime(chunks_per_segment=20, chunk_ms=20, step_delay_ms=5)
+    async with runtime.running():
+        async with runtime.speak(SpeakRequest(pace=False), OLD) as utterance:
+            first = await utterance.audio.receive()
+            utterance.barge_in(10)
+            rest = [chunk async for chunk in utterance.audio]
+    assert first.generation == 0
+    assert utterance.generation == 1
+    assert all(chunk.generation == 1 for chunk in rest)
