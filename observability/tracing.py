@@ -233,7 +233,15 @@ class UtteranceSpans:
         return self.request.get_span_context()
 
     def segment_started(self, index: int, characters: int, engine: str, now_ns: int) -> None:
-        """Open the span of text segment `index` (the engine begins it)."""
+        """Open the span of text segment `index` (the engine begins it).
+
+        A segment started again (failover replays it on the next engine) ends the earlier
+        attempt's span, marked `tts.segment.abandoned`.
+        """
+        earlier = self._segments.pop(index, None)
+        if earlier is not None:
+            earlier.set_attribute("tts.segment.abandoned", True)
+            earlier.end(end_time=now_ns)
         self._segments[index] = self.tracer.start_span(
             "tts.segment", context=self._request_context, start_time=now_ns,
             attributes={

@@ -39,13 +39,15 @@ CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
 
-def fault_config(**settings: object) -> MorpheusConfig:
+def fault_config(failover: tuple[str, ...] = (), **settings: object) -> MorpheusConfig:
+    extra = {name: PluginEntry(module=f"plugins.engines.{name}") for name in failover}
     return MorpheusConfig(
-        server=ServerSettings(default_engine="fault"),
+        server=ServerSettings(default_engine="fault", failover=list(failover)),
         plugins={
             "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
             "sentence": PluginEntry(module="plugins.chunkers.sentence"),
             "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+            **extra,
         },
     )
 
@@ -53,13 +55,13 @@ def fault_config(**settings: object) -> MorpheusConfig:
 class Traced:
     """A fault-engine runtime whose telemetry goes to memory."""
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, failover: tuple[str, ...] = (), **settings: object) -> None:
         self.exporter = InMemorySpanExporter()
         self.provider = TracerProvider()
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
         self.registry = CollectorRegistry()
         self.metrics = Metrics(self.registry)
-        self.runtime = Runtime(fault_config(**settings), entry_points=False)
+        self.runtime = Runtime(fault_config(failover, **settings), entry_points=False)
         self.runtime.observer = Telemetry(tracer_provider=self.provider, metrics=self.metrics)
 
     def spans(self, name: str) -> list[ReadableSpan]:
@@ -68,9 +70,12 @@ class Traced:
     def count(self, name: str, **labels: str) -> float:
         return self.registry.get_sample_value(name, labels) or 0.0
 
-
-def span_id(span: ReadableSpan) -> int:
-    return span.context.span_id
+    async def requests(self, count: int = 1) -> list[ReadableSpan]:
+        """The request spans, once `count` have ended (background streams end a bit later)."""
+        with anyio.fail_after(5):
+            while len(self.spans("tts.request")) < count:
+                await anyio.sleep(0.01)
+        return sorted(self.spans("tts.request"), key=lambda span: span.start_time)
 
 
 async def test_one_request_is_a_request_span_over_segment_spans_over_chunk_spans() -> None:
@@ -98,10 +103,10 @@ async def test_one_request_is_a_request_span_over_segment_spans_over_chunk_spans
         assert request.attributes[key] >= 0
 
     assert [s.attributes["tts.segment.index"] for s in segments] == [0, 1, 2]
-    assert all(s.parent.span_id == span_id(request) for s in segments)
+    assert all(s.parent.span_id == request.context.span_id for s in segments)
     assert [s.attributes["tts.segment.engine_chunks"] for s in segments] == [2, 2, 2]
 
-    by_id = {span_id(s): s for s in segments}
+    by_id = {s.context.span_id: s for s in segments}
     assert [s.attributes["tts.chunk.seq"] for s in chunk_spans] == [c.seq for c in chunks]
     assert [s.attributes["tts.chunk.samples"] for s in chunk_spans] == [
         len(c.samples) for c in chunks
@@ -147,10 +152,7 @@ async def test_an_engine_error_marks_the_request_span_failed() -> None:
         with pytest.raises(RuntimeError, match="scripted failure"):
             async for _chunk in stream:
                 pass
-        with anyio.fail_after(5):
-            while not traced.spans("tts.request"):
-                await anyio.sleep(0.01)
-    (request,) = traced.spans("tts.request")
+        (request,) = await traced.requests()
     assert request.status.status_code is StatusCode.ERROR
     assert request.attributes["tts.outcome"] == "error"
     assert [e.name for e in request.events] == ["exception"]
@@ -172,10 +174,8 @@ async def test_a_session_turn_after_a_barge_in_links_to_the_turn_it_interrupted(
         with anyio.fail_after(10):
             while type(await session.next_event(lease)).__name__ != "TurnDone":
                 pass
-            while len(traced.spans("tts.request")) < 2:
-                await anyio.sleep(0.01)
+        first, second = await traced.requests(2)
         await manager.close_all()
-    first, second = sorted(traced.spans("tts.request"), key=lambda s: s.start_time)
     assert first.attributes["tts.outcome"] == "interrupted"
     assert second.attributes["tts.outcome"] == "completed"
     assert first.attributes["tts.session_id"] == second.attributes["tts.session_id"] == session.id
@@ -189,21 +189,38 @@ async def test_a_session_turn_after_a_barge_in_links_to_the_turn_it_interrupted(
     assert traced.count("morpheus_barge_ins_total", engine="fault") == 1
 
 
-async def test_record_failover_puts_an_event_on_the_request_span_and_counts_it() -> None:
-    traced = Traced(chunks_per_segment=3, chunk_ms=50)
+async def test_a_barge_in_on_a_stream_ends_its_request_span_as_interrupted() -> None:
+    traced = Traced(chunks_per_segment=40, chunk_ms=20, step_delay_ms=5)
+    async with traced.runtime.running():
+        stream = traced.runtime.stream(SpeakRequest(), "A long sentence.")
+        async for _chunk in stream:
+            stream.barge_in(fade_ms=10)
+        (request,) = await traced.requests()
+    assert request.attributes["tts.outcome"] == "interrupted"
+    (event,) = request.events
+    assert (event.name, event.attributes["tts.barge_in.fade_ms"]) == ("tts.barge_in", 10)
+
+
+async def test_a_failover_is_an_event_on_the_request_span_and_a_count() -> None:
+    traced = Traced(failover=("piper",), chunks_per_segment=3, fail_after=0)
     async with traced.runtime.running():
         async with traced.runtime.speak(SpeakRequest(), "Hello.") as utterance:
-            await utterance.audio.receive()
-            utterance.probe.record_failover("fault", "piper", "stalled")
-            _ = [chunk async for chunk in utterance.audio]
+            chunks = [chunk async for chunk in utterance.audio if len(chunk.samples)]
+    assert chunks and utterance.stats.degraded
     (request,) = traced.spans("tts.request")
     (event,) = [e for e in request.events if e.name == "tts.failover"]
-    assert dict(event.attributes) == {
-        "tts.failover.from_engine": "fault", "tts.failover.to_engine": "piper",
-        "tts.failover.reason": "stalled", "tts.failover.after_chunks": 1,
-    }
+    assert event.attributes["tts.failover.from_engine"] == "fault"
+    assert event.attributes["tts.failover.to_engine"] == "piper"
+    assert "scripted failure" in event.attributes["tts.failover.reason"]
+    assert event.attributes["tts.failover.after_chunks"] == 0
     assert request.attributes["tts.degraded"] is True
     assert request.attributes["tts.engine"] == "piper"
+    assert request.attributes["tts.outcome"] == "completed"
+    attempts = sorted(traced.spans("tts.segment"), key=lambda s: s.start_time)
+    # The policy retries the failing engine once with a smaller chunk, then moves on.
+    assert [s.attributes["tts.engine"] for s in attempts] == ["fault", "fault", "piper"]
+    assert [s.attributes.get("tts.segment.abandoned") for s in attempts] == [True, True, None]
+    assert {s.attributes["tts.engine"] for s in traced.spans("tts.chunk")} == {"piper"}
     assert traced.count(
         "morpheus_engine_failovers_total", from_engine="fault", to_engine="piper"
     ) == 1
@@ -217,10 +234,7 @@ async def test_an_engine_slower_than_real_time_records_underflows() -> None:
     async with traced.runtime.running():
         async for _chunk in traced.runtime.stream(SpeakRequest(), "Slow."):
             pass
-        with anyio.fail_after(5):
-            while not traced.spans("tts.request"):
-                await anyio.sleep(0.01)
-    (request,) = traced.spans("tts.request")
+        (request,) = await traced.requests()
     underflows = [e for e in request.events if e.name == "tts.underflow"]
     assert len(underflows) >= 1
     assert request.attributes["tts.underflows"] == len(underflows)
@@ -232,40 +246,31 @@ async def test_an_engine_slower_than_real_time_records_underflows() -> None:
 
 
 async def test_the_http_span_parents_the_request_span_and_its_id_comes_back() -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    app = create_app(fault_config(chunks_per_segment=3, chunk_ms=40), tracer_provider=provider)
+    traced = Traced(chunks_per_segment=3, chunk_ms=40)
+    app = create_app(runtime=traced.runtime, tracer_provider=traced.provider)
     body = {"model": "tts-1", "voice": "alloy", "input": "Hello. There.", "response_format": "pcm"}
+    traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
     async with AsyncTestClient(app) as client:
         with anyio.fail_after(10):
             while (await client.get("/health")).status_code != 200:
                 await anyio.sleep(0.05)
         plain = await client.post("/v1/audio/speech", json=body)
-        traceparent = f"00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"
         continued = await client.post(
             "/v1/audio/speech", json=body, headers={"traceparent": traceparent}
         )
-        with anyio.fail_after(5):
-            while len([s for s in exporter.get_finished_spans() if s.name == "tts.request"]) < 2:
-                await anyio.sleep(0.01)
+        requests = await traced.requests(2)
     assert plain.status_code == continued.status_code == 200
-    spans = exporter.get_finished_spans()
-    servers = [s for s in spans if s.kind is SpanKind.SERVER]
-    requests = [s for s in spans if s.name == "tts.request"]
+    spans = traced.exporter.get_finished_spans()
     assert not [s for s in spans if s.name.endswith("http send")]  # no per-send spans
-    assert len(requests) == 2
+    assert not [s for s in spans if "/health" in s.name]  # polling is not traced
+    servers = {s.context.span_id: s for s in spans if s.kind is SpanKind.SERVER}
     for response, request in zip((plain, continued), requests, strict=True):
-        (server,) = [s for s in servers if s.context.span_id == request.parent.span_id]
+        server = servers[request.parent.span_id]
         assert response.headers["x-trace-id"] == f"{server.context.trace_id:032x}"
         assert request.context.trace_id == server.context.trace_id
         assert request.attributes["tts.format"] == "pcm"
     assert continued.headers["x-trace-id"] == CLIENT_TRACE
-    assert health_is_untraced(spans)
-
-
-def health_is_untraced(spans: tuple[ReadableSpan, ...]) -> bool:
-    return not [s for s in spans if "/health" in s.name]
+    assert f"{servers[requests[1].parent.span_id].parent.span_id:016x}" == CLIENT_SPAN
 
 
 # -- a real OTLP export --------------------------------------------------------------------------
