@@ -1,0 +1,129 @@
+"""Failover: stalls, errors and silence move the stream to the next engine, flagged degraded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from host.config import MorpheusConfig, PluginEntry, ServerSettings
+from host.failover import EngineStalledError, SilentEngineError
+from host.runtime import Runtime, SpeakRequest
+from plugins.engines.fault import pitch_of
+
+pytestmark = pytest.mark.anyio
+
+RATE = 24000
+TEXT = "The old turn. A new turn. Hello there."  # 520, 260 and 500 Hz
+
+
+def chain_runtime(
+    primary: dict[str, object], backup: dict[str, object] | None = None, **server: object
+) -> Runtime:
+    plugins = {
+        "fault": PluginEntry(module="plugins.engines.fault", settings=primary),
+        "sentence": PluginEntry(module="plugins.chunkers.sentence"),
+        "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+    }
+    if backup is not None:
+        plugins["fault2"] = PluginEntry(module="plugins.engines.fault2", settings=backup)
+    settings = ServerSettings(
+        default_engine="fault", failover=["fault2"] if backup is not None else [], **server
+    )
+    return Runtime(MorpheusConfig(server=settings, plugins=plugins), entry_points=False)
+
+
+def dominant_hz(samples: np.ndarray) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.fft.rfftfreq(len(samples), 1 / RATE)[np.argmax(spectrum)])
+
+
+def segment_pitches(audio: np.ndarray, chunk: int) -> list[float]:
+    """The pitch of each `chunk`-sample block (blocks straddling a seam are skipped)."""
+    return [dominant_hz(audio[i : i + chunk // 2]) for i in range(chunk // 4, len(audio), chunk)]
+
+
+async def speak(runtime: Runtime, text: str = TEXT) -> tuple[np.ndarray, object]:
+    async with runtime.running():
+        stream = runtime.stream(SpeakRequest(pace=False), text)
+        chunks = [chunk async for chunk in stream]
+    return np.concatenate([c.samples for c in chunks]), stream.stats
+
+
+async def test_an_engine_failing_before_first_audio_replays_everything_on_the_next() -> None:
+    runtime = chain_runtime({"fail_after": 0}, {"chunks_per_segment": 2, "chunk_ms": 100})
+    audio, stats = await speak(runtime)
+    assert stats.degraded and stats.engine == "fault2"
+    assert len(stats.failures) == 2  # the first try and the smaller retry
+    # All three segments, once each, from the backup: 3 x 2 x 100 ms minus two crossfades.
+    assert len(audio) == 3 * 2 * 2400 - 2 * 240
+    pitches = segment_pitches(audio, 4800)
+    assert pitches == pytest.approx([520, 260, 500], abs=10)
+
+
+async def test_an_engine_failing_after_first_audio_continues_from_the_next_segment() -> None:
+    # Segment 0 speaks 2 chunks, segment 1 one chunk, then every step fails.
+    primary = {"chunks_per_segment": 2, "chunk_ms": 100, "fail_after": 3}
+    runtime = chain_runtime(primary, {"chunks_per_segment": 2, "chunk_ms": 100})
+    audio, stats = await speak(runtime)
+    assert stats.degraded and stats.engine == "fault2"
+    # Segment 1 is not repeated: 2 + 1 chunks from the primary, 2 for segment 2.
+    assert len(audio) == 5 * 2400 - 2 * 240
+    head = [dominant_hz(audio[i : i + 1200]) for i in (600, 3000, 5400)]
+    assert head == pytest.approx([520, 520, 260], abs=10)
+    assert dominant_hz(audio[-3000:-600]) == pytest.approx(pitch_of("Hello there."), abs=10)
+
+
+async def test_a_silent_engine_counts_as_failing() -> None:
+    runtime = chain_runtime({"silent": True}, {"chunks_per_segment": 1, "chunk_ms": 100})
+    audio, stats = await speak(runtime, "Anyone there?")
+    assert stats.degraded and stats.engine == "fault2"
+    assert "SilentEngineError" in stats.failures[0]
+    assert len(audio) == 2400
+
+
+async def test_a_stall_past_the_timeout_fails_over() -> None:
+    primary = {"stall_after": 0, "stall_ms": 1000}
+    runtime = chain_runtime(primary, {"chunks_per_segment": 1}, stall_timeout_s=0.2)
+    audio, stats = await speak(runtime, "Stalled at once.")
+    assert stats.degraded and stats.engine == "fault2"
+    assert all("EngineStalledError" in failure for failure in stats.failures)
+    assert len(audio) == 2400
+
+
+async def test_one_failure_is_retried_with_a_smaller_chunk_on_the_same_engine() -> None:
+    # Token mode: the stall lasts less than two timeouts, so the retry gets the engine back.
+    primary = {"token_ms": 10, "chunks_per_segment": 1, "chunk_ms": 200,
+               "stall_after": 0, "stall_ms": 700}
+    runtime = chain_runtime(primary, {"chunks_per_segment": 1}, stall_timeout_s=0.5)
+    audio, stats = await speak(runtime, "Retried once.")
+    assert not stats.degraded and stats.engine == "fault"
+    assert len(stats.failures) == 1
+    assert len(audio) == 4800  # 200 ms in chunks of the halved size
+    assert dominant_hz(audio) == pytest.approx(pitch_of("Retried once."), abs=10)
+
+
+async def test_without_a_chain_the_first_error_reaches_the_consumer() -> None:
+    runtime = chain_runtime({"stall_after": 0, "stall_ms": 1000}, stall_timeout_s=0.2)
+    async with runtime.running():
+        stream = runtime.stream(SpeakRequest(), "Nobody can say this.")
+        with pytest.raises(EngineStalledError, match="'fault'"):
+            [chunk async for chunk in stream]
+
+
+async def test_when_every_engine_fails_the_stream_fails() -> None:
+    runtime = chain_runtime({"silent": True}, {"silent": True})
+    async with runtime.running():
+        stream = runtime.stream(SpeakRequest(), "Nobody can say this.")
+        with pytest.raises(SilentEngineError, match="'fault2'"):
+            [chunk async for chunk in stream]
+
+
+async def test_an_engine_that_failed_over_serves_the_next_request_again() -> None:
+    runtime = chain_runtime({"fail_after": 0}, {"chunks_per_segment": 1})
+    async with runtime.running():
+        for _ in range(2):
+            async with runtime.speak(SpeakRequest(pace=False), "Again.") as utterance:
+                [chunk async for chunk in utterance.audio]
+            assert utterance.stats.degraded
+        fault = runtime.registry.engine("fault")
+        assert fault.limiter.borrowed_tokens == 0 and fault.active_streams == 0
