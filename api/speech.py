@@ -199,6 +199,9 @@ class OpenedAudio:
             await self.stream.aclose()
 
 
+DEGRADED_HEADER = "X-Morpheus-Degraded"  # the requested engine failed; a failover spoke
+
+
 def audio_headers(resolved: Resolved) -> dict[str, str]:
     """The headers every audio response carries: who actually spoke."""
     headers = {ENGINE_HEADER: resolved.engine, VOICE_HEADER: resolved.voice}
@@ -339,6 +342,9 @@ async def create_speech(request: Request, state: State) -> Stream:
     )
     job = await start_job(request, runtime, speak, speech.input, speech.format)
     headers = audio_headers(resolved)
+    stats = job.opened.stream.stats
+    if stats is not None and stats.degraded:  # failover before the first byte: say who spoke
+        headers.update({DEGRADED_HEADER: "true", ENGINE_HEADER: stats.engine})
     if speech.sse:
         tokens = estimate_tokens(speech.input, speech.instructions)
         headers.update({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

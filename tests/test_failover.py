@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import httpx
 import numpy as np
 import pytest
 
@@ -9,6 +12,7 @@ from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.failover import EngineStalledError, SilentEngineError
 from host.runtime import Runtime, SpeakRequest
 from plugins.engines.fault import pitch_of
+from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.anyio
 
@@ -127,3 +131,77 @@ async def test_an_engine_that_failed_over_serves_the_next_request_again() -> Non
             assert utterance.stats.degraded
         fault = runtime.registry.engine("fault")
         assert fault.limiter.borrowed_tokens == 0 and fault.active_streams == 0
+
+
+# -- end to end through POST /v1/audio/speech --------------------------------------------------
+
+# Plugins load in order and /health turns 200 with the default engine: it comes last.
+SERVER_TOML = """
+[server]
+default_engine = "fault"
+failover = {failover}
+pace_playback = false
+
+[plugins.sentence]
+module = "plugins.chunkers.sentence"
+
+[plugins.crossfade]
+module = "plugins.stitchers.crossfade"
+
+[plugins.{backup}]
+module = "plugins.engines.{backup}"
+{backup_settings}
+
+[plugins.fault]
+module = "plugins.engines.fault"
+[plugins.fault.settings]
+{primary}
+"""
+
+
+def live_server(tmp_path: Path, primary: str, backup: str, backup_settings: str = "") -> LiveServer:
+    config = tmp_path / "plugins.toml"
+    config.write_text(SERVER_TOML.format(
+        failover=f'["{backup}"]', primary=primary, backup=backup,
+        backup_settings=backup_settings,
+    ))
+    server = LiveServer(config)
+    server.wait_ready()
+    return server
+
+
+def post_speech(server: LiveServer, text: str) -> httpx.Response:
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "pcm"}
+    return httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=60)
+
+
+def test_api_failover_before_the_first_byte_says_degraded_and_who_spoke(
+    tmp_path: Path,
+) -> None:
+    server = live_server(tmp_path, "fail_after = 0", "piper")
+    try:
+        response = post_speech(server, "The backup voice speaks this sentence.")
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+    finally:
+        server.stop()
+    assert response.status_code == 200
+    assert response.headers["x-morpheus-degraded"] == "true"
+    assert response.headers["x-morpheus-engine"] == "piper"
+    assert len(response.content) > 2 * 24000  # over a second of 16-bit speech
+    assert 'from_engine="fault"' in metrics and 'to_engine="piper"' in metrics
+
+
+def test_api_failover_after_the_first_byte_continues_the_stream(tmp_path: Path) -> None:
+    primary = "chunks_per_segment = 2\nchunk_ms = 100.0\nfail_after = 3"
+    backup = "[plugins.fault2.settings]\nchunks_per_segment = 2\nchunk_ms = 100.0"
+    server = live_server(tmp_path, primary, "fault2", backup)
+    try:
+        response = post_speech(server, TEXT)
+    finally:
+        server.stop()
+    assert response.status_code == 200
+    assert "x-morpheus-degraded" not in response.headers  # sent before the failure
+    audio = np.frombuffer(response.content, dtype="<i2").astype(np.float32) / 32768
+    # 2 + 1 chunks from the failing engine, 2 from the backup, nothing repeated.
+    assert len(audio) == 5 * 2400 - 2 * 240
+    assert dominant_hz(audio[-3000:-600]) == pytest.approx(pitch_of("Hello there."), abs=10)
