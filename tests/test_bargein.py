@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import base64
+import json
+from pathlib import Path
+
 import anyio
+import httpx
 import numpy as np
 import pytest
+from httpx_sse import connect_sse
 
 from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.runtime import Runtime, SpeakRequest
 from plugins.engines.fault import pitch_of
+from tests.conftest import LiveServer
 
 pytestmark = pytest.mark.anyio
 
@@ -116,3 +123,60 @@ async def test_events_carry_the_new_generation_after_barge_in() -> None:
     assert first.generation == 0
     assert utterance.generation == 1
     assert all(chunk.generation == 1 for chunk in rest)
+
+
+# -- at the client: a live server, a session, SSE ----------------------------------------------
+
+SESSION_TOML = """
+[server]
+default_engine = "fault"
+[plugins.sentence]
+module = "plugins.chunkers.sentence"
+[plugins.crossfade]
+module = "plugins.stitchers.crossfade"
+[plugins.fault]
+module = "plugins.engines.fault"
+settings = { chunk_ms = 50.0, step_delay_ms = 5.0 }
+"""
+
+
+def test_a_client_hears_nothing_of_the_old_turn_after_barge_in(tmp_path: Path) -> None:
+    config = tmp_path / "plugins.toml"
+    config.write_text(SESSION_TOML)
+    server = LiveServer(config)
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as http, httpx.Client(
+            base_url=server.url, timeout=30
+        ) as control:
+            session = http.post("/v1/sessions", json={}).json()["id"]
+            control.post(f"/v1/sessions/{session}/text", json={"text": f"{OLD} " * 40})
+            events: list[dict] = []
+            barged = False
+            with connect_sse(http, "GET", f"/v1/sessions/{session}/events") as source:
+                for sse in source.iter_sse():
+                    events.append(json.loads(sse.data))
+                    heard = [e for e in events if e["type"] == "audio.delta"]
+                    if len(heard) == 3 and not barged:
+                        barged = True
+                        control.post(f"/v1/sessions/{session}/barge-in")
+                        control.post(
+                            f"/v1/sessions/{session}/text", json={"text": NEW, "final": True}
+                        )
+                    if events[-1]["type"] == "turn.done" or len(events) > 500:
+                        break
+    finally:
+        server.stop()
+    kinds = [(e["type"], e.get("turn")) for e in events]
+    interrupted = kinds.index(("turn.interrupted", 1))
+    # Once the server has processed the barge-in, not one sample of turn 1 follows.
+    assert ("audio.delta", 1) not in kinds[interrupted:]
+    assert kinds[-1] == ("turn.done", 2)
+    new_audio = [e for e in events if e["type"] == "audio.delta" and e["turn"] == 2]
+    samples = np.frombuffer(
+        b"".join(base64.b64decode(e["audio"]) for e in new_audio), dtype="<i2"
+    ).astype(np.float32)
+    assert len(samples) > RATE // 2
+    # Every 100 ms of the next turn is its own tone: none of the old turn's audio leaked in.
+    for start in range(0, len(samples) - 2400, 2400):
+        assert dominant_hz(samples[start : start + 2400]) == pytest.approx(pitch_of(NEW), abs=10)
