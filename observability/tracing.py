@@ -225,6 +225,7 @@ class UtteranceSpans:
         self.carrier: dict[str, str] = {}
         _W3C.inject(self.carrier, context=self._request_context)
         self._segments: dict[int, Span] = {}
+        self._segment_contexts: dict[int, Context] = {}  # parents of their chunk spans
         self._segment_start_ns: dict[int, int] = {}
 
     @property
@@ -239,16 +240,19 @@ class UtteranceSpans:
         attempt's span, marked `tts.segment.abandoned`.
         """
         earlier = self._segments.pop(index, None)
+        self._segment_contexts.pop(index, None)
         if earlier is not None:
             earlier.set_attribute("tts.segment.abandoned", True)
             earlier.end(end_time=now_ns)
-        self._segments[index] = self.tracer.start_span(
+        span = self.tracer.start_span(
             "tts.segment", context=self._request_context, start_time=now_ns,
             attributes={
                 "tts.segment.index": index, "tts.segment.characters": characters,
                 "tts.engine": engine,
             },
         )
+        self._segments[index] = span
+        self._segment_contexts[index] = trace.set_span_in_context(span)
         self._segment_start_ns[index] = now_ns
 
     def segment_synthesized(self, index: int, engine_chunks: int, now_ns: int) -> None:
@@ -263,10 +267,10 @@ class UtteranceSpans:
         """Record one sent chunk as a span under its segment; earlier segments are complete."""
         for index in [i for i in self._segments if i < segment]:
             self._segments.pop(index).end(end_time=start_ns)
-        parent = self._segments.get(segment)
-        if parent is not None:
+            del self._segment_contexts[index]
+        parent_context = self._segment_contexts.get(segment)
+        if parent_context is not None:
             start_ns = max(start_ns, self._segment_start_ns[segment])
-            parent_context = trace.set_span_in_context(parent)
         else:
             parent_context = self._request_context
         span = self.tracer.start_span(
@@ -294,5 +298,6 @@ class UtteranceSpans:
         for span in self._segments.values():
             span.end(end_time=now_ns)
         self._segments.clear()
+        self._segment_contexts.clear()
         self.request.set_attributes(attributes)
         self.request.end(end_time=now_ns)
