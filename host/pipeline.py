@@ -372,7 +372,9 @@ async def _stitch_stage(
                     codec = spec.codecs.get(event.codec) or spec.codec
                     if codec is None:
                         raise RuntimeError(f"engine emitted {event.codec} frames but has no codec")
-                    decoder = decoders.setdefault(event.codec, codec.decoder())
+                    if event.codec not in decoders:
+                        decoders[event.codec] = codec.decoder()
+                    decoder = decoders[event.codec]
                     samples = await anyio.to_thread.run_sync(decoder.decode, event.frames)
                     rate_hz, tokens = codec.sample_rate, len(event.frames)
                 else:
