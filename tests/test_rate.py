@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from host.config import ServerSettings
+from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.rate import PlaybackBuffer, RateController, RateSettings, RateState, first_words
+from host.runtime import Runtime, SpeakRequest
 
 RATE = 24000
 
@@ -213,3 +214,51 @@ def test_first_words_cuts_a_long_first_segment_early() -> None:
     assert first_words("Short one here.") == ["Short one here."]
     head, rest = first_words("The quick brown fox jumps over the lazy dog.")
     assert head == "The quick brown" and rest == "fox jumps over the lazy dog."
+
+
+# -- through the pipeline -----------------------------------------------------------------------
+
+
+def token_runtime() -> Runtime:
+    config = MorpheusConfig(
+        server=ServerSettings(default_engine="fault"),
+        plugins={
+            "fault": PluginEntry(
+                module="plugins.engines.fault", settings={"token_ms": 12.0, "token_delay_ms": 1}
+            ),
+            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+        },
+    )
+    return Runtime(config, entry_points=False)
+
+
+async def first_engine_chunk(runtime: Runtime, request: SpeakRequest, text: str) -> int:
+    async with runtime.speak(request, text) as utterance:
+        chunks = [chunk async for chunk in utterance.audio]
+    return len(chunks[0].samples) + 240  # the stitcher holds a 10 ms crossfade tail back
+
+
+@pytest.mark.anyio
+async def test_low_latency_asks_a_token_engine_for_a_smaller_first_chunk() -> None:
+    runtime = token_runtime()
+    text = "A sentence long enough for several chunks of tokens."
+    async with runtime.running():
+        default = await first_engine_chunk(runtime, SpeakRequest(pace=False), text)
+        low = await first_engine_chunk(runtime, SpeakRequest(pace=False, low_latency=True), text)
+    # 12 tokens of 12 ms against 8: less audio to make before the first chunk is out.
+    assert (default, low) == (12 * 288, 8 * 288)
+
+
+@pytest.mark.anyio
+async def test_low_latency_gives_piper_a_shorter_first_call() -> None:
+    runtime = Runtime(entry_points=False)
+    text = "Good morning to everyone who joined the call today, thank you for coming."
+    async with runtime.running():
+        firsts = []
+        for low in (False, True):
+            async with runtime.speak(SpeakRequest(pace=False, low_latency=low), text) as utt:
+                chunk = await utt.audio.receive()
+                firsts.append(len(chunk.samples))
+    # Three words ("Good morning to") instead of the first clause: less to synthesize first.
+    assert firsts[1] < firsts[0] / 2
