@@ -22,6 +22,7 @@ from pathlib import Path
 import anyio
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import File, Response, Stream
 
 from api.encoders import CONTENT_TYPES, pcm16, wav_header
@@ -126,7 +127,11 @@ async def speak(request: Request, state: State) -> Stream | Response[LegacySpeak
     check_text(body.text, "text", MAX_TEXT_CHARS)
     check_speed(body.speed)
     resolved = resolve(runtime, None, body.voice)
-    speak_request = SpeakRequest(engine=resolved.engine, voice=resolved.voice, speed=body.speed)
+    # Like the old server, the whole file comes as fast as it is made (no playback pacing).
+    speak_request = SpeakRequest(
+        engine=resolved.engine, voice=resolved.voice, speed=body.speed, pace=False,
+        response_format="wav",
+    )
     headers = audio_headers(resolved)
     if not _wants_json(request):
         job = await start_job(request, runtime, speak_request, body.text, "wav")
@@ -155,7 +160,7 @@ async def speak(request: Request, state: State) -> Stream | Response[LegacySpeak
 
 
 @get("/outputs/{name:str}", sync_to_thread=False)
-def output_file(state: State, name: str) -> File:
+def output_file(state: State, name: FromPath[str]) -> File:
     """A WAV file written by `/speak` (while retention keeps it)."""
     path = output_store(state).path(name)
     if path is None:

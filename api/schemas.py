@@ -50,6 +50,10 @@ class SpeechRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         speed: 0.25-4.0 (default 1.0).
         stream_format: "audio" (default) or "sse".
         low_latency: extension: prefer an early first chunk over throughput.
+        pace: extension: hold synthesis to the listener's playback (at most `[server]
+            buffer_max_ms` ahead of real time), for players that play as they receive.
+            Default false: audio comes as fast as it is made, as from OpenAI, so clients that
+            read the whole file first (SDK `create()`, OpenWebUI, curl) are not slowed down.
         options: extension: engine-specific knobs (a flat object of scalars), handed to the
             engine as `SynthesisRequest.options`.
     """
@@ -62,6 +66,7 @@ class SpeechRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     speed: float | None = None
     stream_format: StreamFormat | None = None
     low_latency: bool = False
+    pace: bool = False
     options: dict[str, OptionValue] | None = None
 
     @property

@@ -24,6 +24,7 @@ import numpy as np
 import soxr
 from litestar import Request, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import Stream
 
 from api.encoders import AudioEncoder, new_encoder
@@ -338,6 +339,7 @@ async def create_speech(request: Request, state: State) -> Stream:
         speed=speech.rate,
         options=speech.engine_options(),
         low_latency=speech.low_latency,
+        pace=speech.pace,
         response_format=speech.format,
     )
     job = await start_job(request, runtime, speak, speech.input, speech.format)
@@ -377,7 +379,7 @@ def list_models(state: State) -> ModelList:
 
 
 @get("/v1/models/{model_id:str}", guards=[require_api_key], sync_to_thread=False)
-def retrieve_model(state: State, model_id: str) -> ModelObject:
+def retrieve_model(state: State, model_id: FromPath[str]) -> ModelObject:
     """One model, or 404 `model_not_found`."""
     objects = _model_objects(state.runtime)
     for model in objects:
