@@ -218,7 +218,9 @@ class LlamaServer:
             "--n_ctx",
             str(n_ctx),
             "--n_threads",
-            "2",
+            "1",  # llama.cpp's spinning thread pool crawls on a busy 2-core machine
+            "--n_threads_batch",
+            "1",
         ]
         self._timeout_s = timeout_s
         self._process: subprocess.Popen[bytes] | None = None

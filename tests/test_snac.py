@@ -23,12 +23,13 @@ from plugins.codecs.snac import (
     levels_to_frames,
 )
 from plugins.codecs.snac_mlx import SnacMlxCodec, SnacMlxSettings
+from plugins.engines.orpheus import ChunkPlan
 
 TOLERANCE = 1e-4
 FRAMES = 9
 MLX_FRAMES = 5  # MLX's CPU backend is slow on Linux
-# Chunk sizes the rate controller can ask of Orpheus (8..64 tokens) in whole 7-token frames.
-CHUNK_FRAMES = range(1, 10)
+# Every chunk the rate controller can ask of Orpheus (8..64 tokens), in whole 7-token frames.
+CHUNK_FRAMES = sorted({ChunkPlan(tokens, low_latency=False).frames for tokens in range(8, 65)})
 
 
 @pytest.fixture(scope="session")
@@ -216,14 +217,19 @@ def test_encode_returns_whole_frames_of_codes(slim) -> None:
 # -- MLX -------------------------------------------------------------------------------------
 
 
+MLX_MISSING = "the snac-mlx codec needs the orpheus-mlx extra (mlx, mlx-audio)"
+
+
 @pytest.fixture(scope="session")
 def mlx_codec(snac_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SnacMlxCodec:
+    pytest.importorskip("mlx_audio", reason=MLX_MISSING)
     path = write_snac_mlx_dir(tmp_path_factory.mktemp("snac_24khz_mlx"), snac_dir)
     return started(SnacMlxCodec(SnacMlxSettings(model_path=str(path))))
 
 
 @pytest.fixture(scope="session")
 def slim_mlx(slim_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> SnacMlxCodec:
+    pytest.importorskip("mlx_audio", reason=MLX_MISSING)
     path = write_snac_mlx_dir(tmp_path_factory.mktemp("snac_slim_mlx"), slim_dir)
     return started(SnacMlxCodec(SnacMlxSettings(model_path=str(path))))
 
