@@ -4,7 +4,8 @@ tiny Orpheus-layout GGUF, in process and through llama.cpp's server, down to SNA
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -12,6 +13,7 @@ import httpx
 import msgspec
 import numpy as np
 import pytest
+from litestar.testing import AsyncTestClient
 from orpheus_fixtures import (
     SLIM_SNAC_CONFIG,
     LlamaServer,
@@ -20,6 +22,7 @@ from orpheus_fixtures import (
     write_tiny_orpheus_gguf,
 )
 
+from api.app import create_app
 from host import ConfigError, SynthesisRequest
 from host.config import MorpheusConfig, PluginEntry, ServerSettings, convert_settings
 from host.registry import Registry
@@ -353,8 +356,8 @@ def test_interleaved_segments_each_get_their_own_frames(engine: OrpheusEngine) -
 # -- through the runtime, with SNAC ----------------------------------------------------------
 
 
-def orpheus_runtime(orpheus: dict, snac_dir: Path) -> Runtime:
-    config = MorpheusConfig(
+def orpheus_config(orpheus: dict, snac_dir: Path) -> MorpheusConfig:
+    return MorpheusConfig(
         server=ServerSettings(default_engine="orpheus"),
         plugins={
             "orpheus": PluginEntry(module="plugins.engines.orpheus", settings=orpheus),
@@ -366,7 +369,10 @@ def orpheus_runtime(orpheus: dict, snac_dir: Path) -> Runtime:
             "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
         },
     )
-    return Runtime(config, entry_points=False)
+
+
+def orpheus_runtime(orpheus: dict, snac_dir: Path) -> Runtime:
+    return Runtime(orpheus_config(orpheus, snac_dir), entry_points=False)
 
 
 async def speak_all(runtime: Runtime, text: str, **request: object) -> np.ndarray:
@@ -428,3 +434,57 @@ async def test_llama_cpp_server_speech_comes_out_in_whole_frames(llama_server, s
     audio = await speak_all(runtime, "Hello world.", options={"seed": 1})
     assert len(audio) > 0 and len(audio) % FRAME_SAMPLES == 0
     assert float(np.abs(audio).max()) > 0.01
+
+
+# -- through the HTTP API --------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def api_client(config: MorpheusConfig) -> AsyncIterator[AsyncTestClient]:
+    """The app with its plugins loaded (or failed): plugins load in the background."""
+    async with AsyncTestClient(create_app(config), timeout=60) as http:
+        with anyio.fail_after(60):
+            while any(p["state"] not in ("loaded", "failed") for p in await plugins(http)):
+                await anyio.sleep(0.05)
+        yield http
+
+
+async def plugins(http: AsyncTestClient) -> list[dict]:
+    return (await http.get("/plugins")).json()["plugins"]
+
+
+async def speech_pcm(http: AsyncTestClient) -> np.ndarray:
+    body = {"model": "orpheus", "voice": "tara", "input": "Hello world.", "response_format": "pcm"}
+    response = await http.post("/v1/audio/speech", json=body | {"options": {"seed": 1}})
+    assert response.status_code == 200, response.text
+    assert response.headers["x-morpheus-engine"] == "orpheus"
+    return np.frombuffer(response.content, "<i2").astype(np.float32) / 32768.0
+
+
+@pytest.mark.anyio
+async def test_the_api_speaks_with_the_in_process_engine(gguf, snac_dir) -> None:
+    settings = {"model_path": str(gguf), "n_ctx": 2048, "n_threads": 1, "max_tokens": MAX_TOKENS}
+    async with api_client(orpheus_config(settings, snac_dir)) as http:
+        audio = await speech_pcm(http)
+    assert len(audio) == 21 * FRAME_SAMPLES  # 24 kHz pcm: the codec's rate, every frame
+    assert float(np.abs(audio).max()) > 0.01
+
+
+@pytest.mark.anyio
+async def test_the_api_speaks_through_a_llama_cpp_server(llama_server, snac_dir) -> None:
+    settings = {"server_url": llama_server.url, "max_tokens": MAX_TOKENS}
+    async with api_client(orpheus_config(settings, snac_dir)) as http:
+        audio = await speech_pcm(http)
+    assert len(audio) > 0 and len(audio) % FRAME_SAMPLES == 0
+    assert float(np.abs(audio).max()) > 0.01
+
+
+@pytest.mark.anyio
+async def test_the_api_reports_a_failed_orpheus_and_keeps_serving(snac_dir) -> None:
+    async with api_client(orpheus_config({}, snac_dir)) as http:
+        listed = {p["name"]: p for p in await plugins(http)}
+        health = await http.get("/health")
+    assert listed["orpheus"]["state"] == "failed"
+    assert NOT_CONFIGURED in listed["orpheus"]["error"]
+    assert listed["snac"]["state"] == "loaded"
+    assert health.status_code == 503  # the default engine is not there: not ready, no crash
