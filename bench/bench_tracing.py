@@ -15,14 +15,17 @@ factor (audio seconds per wall second). Target: tracing on at most 3% slower tha
 3. The fault engine at 20 ms chunks with no synthesis time: the pipeline's own cost per chunk,
 so the tracing overhead per chunk shows undiluted (microseconds).
 
-Wall clock on a shared machine is noisy, so each run also reports the process CPU time it
-cost per second of audio, the spans' export included (the batch is flushed after each traced
-run, outside its wall-clock timing but inside its CPU time).
+Wall clock on a shared machine is noisy (other processes' load swings within a minute), so
+"on vs off" is the median of per-round ratios (the three runs of a round are back to back),
+and each run also reports the process CPU time it cost per second of audio, the spans' export
+included (the batch is flushed after each traced run, outside its wall-clock timing but inside
+its CPU time).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -37,7 +40,6 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_spine import PARAGRAPH, REPLY  # noqa: E402
 from host.config import MorpheusConfig, PluginEntry, ServerSettings  # noqa: E402
 from host.runtime import Runtime, SpeakRequest  # noqa: E402
 from observability import NULL_OBSERVER, Telemetry, UtteranceObserver  # noqa: E402
@@ -45,6 +47,20 @@ from observability.metrics import Metrics  # noqa: E402
 from observability.tracing import configure_tracing  # noqa: E402
 
 FAULT_TEXT = "One sentence of tones. " * 12
+
+
+def _spine_texts() -> tuple[str, str]:
+    """bench_spine.py's reply and paragraph (loaded by path: bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_spine", Path(__file__).with_name("bench_spine.py")
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.REPLY, module.PARAGRAPH
+
+
+REPLY, PARAGRAPH = _spine_texts()
 
 
 class _Receiver(BaseHTTPRequestHandler):
@@ -106,7 +122,14 @@ async def workload(
         for name in names[round_ % 3:] + names[: round_ % 3]:
             runtime.observer, flush = observers[name]
             rows[name].append(await run_once(runtime, text, flush))
-    result = {}
+    pairs = list(zip(rows["off"], rows["on"], strict=True))
+    result: dict[str, dict[str, float]] = {
+        "on_vs_off": {
+            "first_audio": statistics.median(on[0] / off[0] for off, on in pairs),
+            "slowdown": statistics.median((on[1] / on[2]) / (off[1] / off[2]) for off, on in pairs),
+            "cpu": statistics.median((on[4] / on[2]) / (off[4] / off[2]) for off, on in pairs),
+        }
+    }
     for name, runs in rows.items():
         result[name] = {
             "first_audio_ms": 1000 * statistics.median(r[0] for r in runs),
@@ -173,23 +196,21 @@ def table(result: dict) -> str:
         result["piper_reply"], result["piper_paragraph"], result["fault_chunks"]
     )
 
-    def ratio(on: float, off: float) -> str:
-        return f"{100 * (on / off - 1):+.1f}%"
+    def change(ratio: float) -> str:
+        return f"{100 * (ratio - 1):+.1f}%"
 
     lines = [
         "| workload | bare | tracing off | tracing on | on vs off |",
         "|---|---|---|---|---|",
         "| Piper reply: time to first audio (ms) | "
         + " | ".join(f"{reply[k]['first_audio_ms']:.1f}" for k in ("bare", "off", "on"))
-        + f" | {ratio(reply['on']['first_audio_ms'], reply['off']['first_audio_ms'])} |",
+        + f" | {change(reply['on_vs_off']['first_audio'])} |",
         "| Piper paragraph: real-time factor (x) | "
         + " | ".join(f"{paragraph[k]['rtf']:.2f}" for k in ("bare", "off", "on"))
-        + f" | {ratio(paragraph['off']['rtf'], paragraph['on']['rtf'])} slower |",
+        + f" | {change(paragraph['on_vs_off']['slowdown'])} wall per audio second |",
         "| Piper paragraph: CPU per audio second (ms) | "
         + " | ".join(f"{paragraph[k]['cpu_ms_per_audio_s']:.1f}" for k in ("bare", "off", "on"))
-        + " | "
-        + ratio(paragraph["on"]["cpu_ms_per_audio_s"], paragraph["off"]["cpu_ms_per_audio_s"])
-        + " |",
+        + f" | {change(paragraph['on_vs_off']['cpu'])} |",
         "| fault engine: wall per 20 ms chunk (us) | "
         + " | ".join(f"{fault[k]['us_per_chunk']:.0f}" for k in ("bare", "off", "on"))
         + f" | {fault['on']['us_per_chunk'] - fault['off']['us_per_chunk']:+.0f} us |",

@@ -173,7 +173,7 @@ class Telemetry:
 
 
 class _UtteranceTelemetry:
-    """One utterance's spans, series and log lines, with the playback-buffer model."""
+    """One utterance's spans, series and log lines."""
 
     def __init__(
         self, telemetry: Telemetry, spec: UtteranceSpec, stats: UtteranceStats, text: str | None
