@@ -83,9 +83,9 @@ def median(values: list[float]) -> float:
 
 
 def narration(seconds: float) -> str:
-    """About `seconds` of narration (Joe speaks ~14 characters a second)."""
+    """At least `seconds` of narration (Joe speaks ~14-19 characters a second)."""
     text, sentences = "", NARRATION_SENTENCES
-    while len(text) < seconds * 14:
+    while len(text) < seconds * 20:
         text += " ".join(sentences) + " "
         sentences = sentences[1:] + sentences[:1]
     return text.strip()
@@ -104,12 +104,15 @@ async def run_stream(
     stream = runtime.stream(request, text)
     arrivals: list[tuple[float, int, int]] = []  # (time, start sample, samples)
     barged_at: float | None = None
+    stopped_at: float | None = None  # the final chunk after a barge-in reached the client
     after_barge = 0
     with anyio.fail_after(max(CALL_TIMEOUT_S, 3 * len(text) / 10)):
         async for chunk in stream:
             now = time.perf_counter()
             if barged_at is not None:
                 after_barge += len(chunk.samples)
+                if chunk.final and stopped_at is None:
+                    stopped_at = now
             elif len(chunk.samples):
                 arrivals.append((now, chunk.start, len(chunk.samples)))
             if barge_after_chunks is not None and len(arrivals) == barge_after_chunks:
@@ -131,20 +134,22 @@ async def run_stream(
         "lateness_p99_ms": percentile(lateness, 99),
         "underflows": rate.underflows if rate else None,
         "pauses": rate.pauses if rate else None,
-        "barge_in_ms": None if barged_at is None else 1000 * (ended - barged_at),
+        "barge_in_ms": None if barged_at is None else 1000 * ((stopped_at or ended) - barged_at),
         "after_barge_in_ms": 1000 * after_barge / SAMPLE_RATE,
     }
 
 
 async def bench_engine(runtime: Runtime, engine: str, repeats: int, narration_s: float) -> dict:
     result: dict[str, Any] = {"engine": engine}
-    ttfa, ttfa_low, rtf, chunk_ms = [], [], [], []
+    ttfa: dict[str, list[float]] = {name: [] for name in PROMPTS}
+    ttfa_low: dict[str, list[float]] = {name: [] for name in PROMPTS}
+    rtf, chunk_ms = [], []
     for _ in range(repeats):
-        for text in PROMPTS.values():
+        for name, text in PROMPTS.items():
             plain = await run_stream(runtime, engine, text)
             low = await run_stream(runtime, engine, text, low_latency=True)
-            ttfa.append(plain["ttfa_ms"])
-            ttfa_low.append(low["ttfa_ms"])
+            ttfa[name].append(plain["ttfa_ms"])
+            ttfa_low[name].append(low["ttfa_ms"])
             chunk_ms.append(plain["avg_chunk_ms"])
             if plain["audio_s"]:
                 rtf.append(plain["wall_s"] / plain["audio_s"])
@@ -154,7 +159,8 @@ async def bench_engine(runtime: Runtime, engine: str, repeats: int, narration_s:
     ]
     story = await run_stream(runtime, engine, narration(narration_s), pace=True)
     result.update(
-        ttfa_ms=median(ttfa), ttfa_low_latency_ms=median(ttfa_low), rtf=median(rtf),
+        ttfa_ms={name: median(v) for name, v in ttfa.items()},
+        ttfa_low_latency_ms={name: median(v) for name, v in ttfa_low.items()}, rtf=median(rtf),
         avg_chunk_ms=median(chunk_ms),
         narration_audio_s=story["audio_s"], narration_underflows=story["underflows"],
         narration_pauses=story["pauses"], jitter_p50_ms=story["lateness_p50_ms"],
@@ -324,13 +330,16 @@ def bench_peers(repeats: int, workdir: Path) -> dict[str, Any]:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| engine | TTFA ms | TTFA low-latency ms | RTF | avg chunk ms | narration s | "
-        "underflows | jitter p50 / p99 ms | barge-in ms | audio after barge-in ms |",
+        "| engine | TTFA ms (short / reply / paragraph) | same, low_latency | RTF | "
+        "avg chunk ms | narration s | underflows | jitter p50 / p99 ms | barge-in ms | "
+        "audio after barge-in ms |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["engines"]:
+        plain = " / ".join(f"{r['ttfa_ms'][p]:.0f}" for p in PROMPTS)
+        low = " / ".join(f"{r['ttfa_low_latency_ms'][p]:.0f}" for p in PROMPTS)
         lines.append(
-            f"| {r['engine']} | {r['ttfa_ms']:.0f} | {r['ttfa_low_latency_ms']:.0f} | "
+            f"| {r['engine']} | {plain} | {low} | "
             f"{r['rtf']:.3f} | {r['avg_chunk_ms']:.0f} | {r['narration_audio_s']:.0f} | "
             f"{r['narration_underflows']} | {r['jitter_p50_ms']:.0f} / {r['jitter_p99_ms']:.0f} | "
             f"{r['barge_in_ms']:.1f} | {r['after_barge_in_ms']:.1f} |"
