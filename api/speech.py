@@ -57,6 +57,8 @@ OUTPUT_RATE = 24000  # OpenAI's audio is 24 kHz mono in every format
 AUDIO_TOKENS_PER_SECOND = 20  # usage: one output token per 50 ms of audio
 CHARS_PER_TOKEN = 4  # usage: the usual estimate for English text
 MAX_STREAMS_ENV = "MORPHEUS_MAX_STREAMS"
+FIRST_SLICE_SAMPLES = 2400  # 100 ms: what is encoded before the first bytes leave
+SLICE_SAMPLES = 6000  # 250 ms: the most encoded per send after that
 ENGINE_HEADER, VOICE_HEADER = "X-Morpheus-Engine", "X-Morpheus-Voice"
 JOB_STATE_KEY = "speech_job"
 _STARTED = int(time.time())
@@ -132,9 +134,10 @@ def stream_slots(state: State) -> StreamSlots:
 
 
 class OpenedAudio:
-    """A started utterance whose first chunk has arrived (or that ended without audio).
+    """A started utterance, as the response reads it.
 
-    Iterate `chunks()` for 24 kHz float32 samples; `aclose()` stops the utterance.
+    `wait_first()` waits for the first chunk (so an engine that fails at once still gets an
+    error status); `chunks()` then yields 24 kHz float32 samples; `aclose()` stops it.
     """
 
     def __init__(self, stream: AudioStream, rest: AsyncIterator[PCMChunk]) -> None:
@@ -145,38 +148,54 @@ class OpenedAudio:
         self.samples_out = 0
 
     @classmethod
-    async def open(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
-        """Start the utterance and wait for its first chunk.
+    def start(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
+        """Start the utterance in the background (raises the runtime's resolution errors)."""
+        stream = runtime.stream(request, text)
+        return cls(stream, aiter(stream))
+
+    async def wait_first(self) -> None:
+        """Wait for the first chunk (or the end of a stream without audio).
 
         Raises:
             OpenAIError: 500 when the engine fails before producing audio.
         """
-        stream = runtime.stream(request, text)
-        opened = cls(stream, aiter(stream))
         try:
-            opened._first = await anext(opened._rest, None)
+            self._first = await anext(self._rest, None)
         except Exception as exc:
-            await opened.aclose()
+            await self.aclose()
             log.exception("engine failed before the first chunk", exc_info=exc)
             raise OpenAIError(
                 500, f"The engine failed before producing audio: {exc}", code="engine_error"
             ) from None
         except BaseException:
-            await opened.aclose()
+            await self.aclose()
             raise
-        return opened
 
     async def chunks(self) -> AsyncIterator[np.ndarray]:
-        """The audio at 24 kHz: the first chunk, then the rest as it comes."""
-        if self._first is not None:
-            first, self._first = self._first, None
-            yield self._at_output_rate(first)
-            async for chunk in self._rest:
-                yield self._at_output_rate(chunk)
+        """The audio at 24 kHz, in slices: the first chunk, then the rest as it comes.
+
+        A chunk is handed on in slices of at most `SLICE_SAMPLES` (the stream's very first
+        one shorter), so an encoder's first bytes leave after a few milliseconds of encoding
+        rather than after a whole sentence's worth.
+        """
+        limit = FIRST_SLICE_SAMPLES
+        async for chunk in self._chunks():
+            samples = self._at_output_rate(chunk)
+            while len(samples):
+                yield samples[:limit]
+                samples, limit = samples[limit:], SLICE_SAMPLES
         if self._resampler is not None:
             tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
             self.samples_out += len(tail)
             yield tail
+
+    async def _chunks(self) -> AsyncIterator[PCMChunk]:
+        if self._first is None:
+            return
+        first, self._first = self._first, None
+        yield first
+        async for chunk in self._rest:
+            yield chunk
 
     def _at_output_rate(self, chunk: PCMChunk) -> np.ndarray:
         samples = chunk.samples
@@ -222,6 +241,12 @@ class SpeechJob:
     def __init__(self, opened: OpenedAudio, encoder: AudioEncoder, slots: StreamSlots) -> None:
         self.opened, self.encoder, self.slots = opened, encoder, slots
         self._finished = False
+
+    def timing_headers(self) -> dict[str, str]:
+        """`Server-Timing: ttfa;dur=<ms>`: the pipeline's own time to first audio."""
+        stats = self.opened.stream.stats
+        ttfa_ms = stats.time_to_first_audio_ms if stats is not None else None
+        return {} if ttfa_ms is None else {"Server-Timing": f"ttfa;dur={ttfa_ms:.1f}"}
 
     async def finish(self) -> None:
         """Stop the utterance, free the encoder, give the slot back (idempotent)."""
@@ -300,11 +325,19 @@ async def start_job(
     """
     slots = stream_slots(request.app.state)
     slots.acquire()
-    encoder = new_encoder(fmt, OUTPUT_RATE)
     try:
-        opened = await OpenedAudio.open(runtime, speak, text)
+        opened = OpenedAudio.start(runtime, speak, text)
     except BaseException:
-        encoder.close()
+        slots.release()
+        raise
+    encoder: AudioEncoder | None = None
+    try:
+        encoder = new_encoder(fmt, OUTPUT_RATE)  # set up while the engine takes its first step
+        await opened.wait_first()
+    except BaseException:
+        if encoder is not None:
+            encoder.close()
+        await opened.aclose()
         slots.release()
         raise
     job = SpeechJob(opened, encoder, slots)
@@ -343,7 +376,7 @@ async def create_speech(request: Request, state: State) -> Stream:
         response_format=speech.format,
     )
     job = await start_job(request, runtime, speak, speech.input, speech.format)
-    headers = audio_headers(resolved)
+    headers = {**audio_headers(resolved), **job.timing_headers()}
     stats = job.opened.stream.stats
     if stats is not None and stats.degraded:  # failover before the first byte: say who spoke
         headers.update({DEGRADED_HEADER: "true", ENGINE_HEADER: stats.engine})
