@@ -23,7 +23,9 @@ from httpx_sse import connect_sse
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from api.encoders import pcm16
 from host.config import load_config
+from host.runtime import Runtime, SpeakRequest
 from tests.conftest import ROOT, LiveServer, word_error_rate
 
 TEXT = (
@@ -89,6 +91,18 @@ def test_sdk_pcm_is_24khz_s16le_and_equals_the_wav_data(client: openai.OpenAI) -
     assert pcm == wav[44:]
     seconds = len(pcm) / 2 / 24000
     assert len(SHORT) / 25 < seconds < len(SHORT) / 8
+
+
+@pytest.mark.anyio
+async def test_pcm_body_is_exactly_the_pipelines_audio(server: LiveServer) -> None:
+    runtime = Runtime(load_config(server.log.with_suffix(".toml")))
+    async with runtime.running():
+        async with runtime.speak(SpeakRequest(), TEXT) as utterance:
+            audio = [chunk.samples async for chunk in utterance.audio]
+    body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "response_format": "pcm"}
+    async with httpx.AsyncClient(timeout=60) as http:
+        response = await http.post(f"{server.url}/v1/audio/speech", json=body)
+    assert response.content == pcm16(np.concatenate(audio))
 
 
 def test_sdk_mp3_is_the_default_and_whisper_understands_it(
