@@ -28,14 +28,8 @@ from litestar.response import File, Response, Stream
 from api.encoders import CONTENT_TYPES, pcm16, wav_header
 from api.errors import OpenAIError, decode_body, require_api_key
 from api.schemas import LegacySpeakRequest, LegacySpeakResponse, check_speed, check_text
-from api.speech import (
-    OUTPUT_RATE,
-    audio_body,
-    audio_headers,
-    finish_job,
-    resolve,
-    start_job,
-)
+from api.speech import audio_headers, resolve
+from api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
 from host.runtime import Runtime, SpeakRequest
 
 OUTPUTS_DIR_ENV = "MORPHEUS_OUTPUTS_DIR"

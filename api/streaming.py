@@ -1,0 +1,285 @@
+"""The response side of a speech request: admission, the running utterance, the bodies.
+
+`start_job` admits a request (`StreamSlots`, 429 beyond `$MORPHEUS_MAX_STREAMS`), starts its
+utterance in the runtime's background task group and waits for the first chunk, so an engine
+that fails at once still gets an error status. The body generators (`audio_body`, `sse_body`)
+then only read the stream, encode each slice and send it. When the client goes away, Litestar
+cancels the body; its `finally` (or the route's `after_response=finish_job`, if the body never
+started) closes the stream, which cancels the utterance within one engine step.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import msgspec
+import numpy as np
+import soxr
+from litestar import Request
+from litestar.datastructures import State
+
+from api.encoders import AudioEncoder, new_encoder
+from api.errors import OpenAIError
+from api.schemas import AudioDelta, AudioDone, Usage
+from host.events import PCMChunk
+from host.runtime import Runtime, SpeakRequest
+from host.streams import AudioStream
+
+log = logging.getLogger(__name__)
+
+OUTPUT_RATE = 24000  # OpenAI's audio is 24 kHz mono in every format
+AUDIO_TOKENS_PER_SECOND = 20  # usage: one output token per 50 ms of audio
+MAX_STREAMS_ENV = "MORPHEUS_MAX_STREAMS"
+FIRST_SLICE_SAMPLES = 2400  # 100 ms: what is encoded before the first bytes leave
+SLICE_SAMPLES = 6000  # 250 ms: the most encoded per send after that
+JOB_STATE_KEY = "speech_job"
+
+
+class StreamSlots:
+    """Admission control: at most `limit` audio streams at once (0: unlimited).
+
+    Args:
+        limit: the cap; requests beyond it get 429 with `Retry-After`.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def acquire(self) -> None:
+        """Take a slot.
+
+        Raises:
+            OpenAIError: 429 `rate_limit_exceeded` when all slots are taken.
+        """
+        if self.limit and self.active >= self.limit:
+            raise OpenAIError(
+                429,
+                f"Too many concurrent streams (limit {self.limit}); retry after a second.",
+                code="rate_limit_exceeded",
+                headers={"Retry-After": "1"},
+            )
+        self.active += 1
+
+    def release(self) -> None:
+        """Give a slot back."""
+        self.active -= 1
+
+
+def stream_slots(state: State) -> StreamSlots:
+    """The app's admission control (`$MORPHEUS_MAX_STREAMS`, default unlimited)."""
+    slots = state.get("stream_slots")
+    if slots is None:
+        slots = StreamSlots(int(os.environ.get(MAX_STREAMS_ENV) or 0))
+        state["stream_slots"] = slots
+    return slots
+
+
+# -- an opened stream ------------------------------------------------------------------------
+
+
+class OpenedAudio:
+    """A started utterance, as the response reads it.
+
+    `wait_first()` waits for the first chunk (so an engine that fails at once still gets an
+    error status); `chunks()` then yields 24 kHz float32 samples; `aclose()` stops it.
+    """
+
+    def __init__(self, stream: AudioStream, rest: AsyncIterator[PCMChunk]) -> None:
+        self.stream = stream
+        self._rest = rest
+        self._first: PCMChunk | None = None
+        self._resampler: Any = None
+        self.samples_out = 0
+
+    @classmethod
+    def start(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
+        """Start the utterance in the background (raises the runtime's resolution errors)."""
+        stream = runtime.stream(request, text)
+        return cls(stream, aiter(stream))
+
+    async def wait_first(self) -> None:
+        """Wait for the first chunk (or the end of a stream without audio).
+
+        Raises:
+            OpenAIError: 500 when the engine fails before producing audio.
+        """
+        try:
+            self._first = await anext(self._rest, None)
+        except Exception as exc:
+            await self.aclose()
+            log.exception("engine failed before the first chunk", exc_info=exc)
+            raise OpenAIError(
+                500, f"The engine failed before producing audio: {exc}", code="engine_error"
+            ) from None
+        except BaseException:
+            await self.aclose()
+            raise
+
+    async def chunks(self) -> AsyncIterator[np.ndarray]:
+        """The audio at 24 kHz, in slices: the first chunk, then the rest as it comes.
+
+        A chunk is handed on in slices of at most `SLICE_SAMPLES` (the stream's very first
+        one shorter), so an encoder's first bytes leave after a few milliseconds of encoding
+        rather than after a whole sentence's worth.
+        """
+        limit = FIRST_SLICE_SAMPLES
+        async for chunk in self._chunks():
+            samples = self._at_output_rate(chunk)
+            while len(samples):
+                yield samples[:limit]
+                samples, limit = samples[limit:], SLICE_SAMPLES
+        if self._resampler is not None:
+            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
+            self.samples_out += len(tail)
+            yield tail
+
+    async def _chunks(self) -> AsyncIterator[PCMChunk]:
+        if self._first is None:
+            return
+        first, self._first = self._first, None
+        yield first
+        async for chunk in self._rest:
+            yield chunk
+
+    def _at_output_rate(self, chunk: PCMChunk) -> np.ndarray:
+        samples = chunk.samples
+        if chunk.sample_rate != OUTPUT_RATE:
+            if self._resampler is None:
+                self._resampler = soxr.ResampleStream(
+                    chunk.sample_rate, OUTPUT_RATE, 1, dtype="float32"
+                )
+            samples = self._resampler.resample_chunk(samples, last=False)
+        self.samples_out += len(samples)
+        return samples
+
+    @property
+    def duration_s(self) -> float:
+        """Seconds of audio delivered so far."""
+        return self.samples_out / OUTPUT_RATE
+
+    async def aclose(self) -> None:
+        """Stop the utterance (if still running); safe to call more than once."""
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+
+class SpeechJob:
+    """What one audio response holds: the stream, its encoder and its admission slot.
+
+    `finish()` releases all three exactly once. The body calls it when it ends; the route's
+    `after_response` hook calls it too, because a client that leaves before the body starts
+    means the body generator never runs (and so never reaches its `finally`).
+    """
+
+    def __init__(self, opened: OpenedAudio, encoder: AudioEncoder, slots: StreamSlots) -> None:
+        self.opened, self.encoder, self.slots = opened, encoder, slots
+        self._finished = False
+
+    def timing_headers(self) -> dict[str, str]:
+        """`Server-Timing: ttfa;dur=<ms>`: the pipeline's own time to first audio."""
+        stats = self.opened.stream.stats
+        ttfa_ms = stats.time_to_first_audio_ms if stats is not None else None
+        return {} if ttfa_ms is None else {"Server-Timing": f"ttfa;dur={ttfa_ms:.1f}"}
+
+    async def finish(self) -> None:
+        """Stop the utterance, free the encoder, give the slot back (idempotent)."""
+        if self._finished:
+            return
+        self._finished = True
+        self.encoder.close()
+        self.slots.release()
+        await self.opened.aclose()
+
+
+async def finish_job(request: Request) -> None:
+    """`after_response` hook: finish the request's `SpeechJob`, if it has one."""
+    job: SpeechJob | None = request.state.get(JOB_STATE_KEY)
+    if job is not None:
+        await job.finish()
+
+
+async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
+    """The response body: each chunk encoded as it arrives.
+
+    An engine failure mid-stream ends the file cleanly (the encoder's tail is sent) and is
+    logged; the status line is long gone by then.
+    """
+    try:
+        try:
+            async for samples in job.opened.chunks():
+                if data := job.encoder.encode(samples):
+                    yield data
+        except Exception:
+            log.exception("engine failed mid-stream; ending the audio early")
+        if tail := job.encoder.flush():
+            yield tail
+    finally:
+        await job.finish()
+
+
+def _sse(event: msgspec.Struct | dict[str, Any]) -> bytes:
+    return b"data: " + msgspec.json.encode(event) + b"\n\n"
+
+
+async def sse_body(job: SpeechJob, input_tokens: int) -> AsyncIterator[bytes]:
+    """The SSE body: `speech.audio.delta` events, then one `speech.audio.done` with usage.
+
+    An engine failure mid-stream sends an `error` event (an extension: OpenAI defines none for
+    speech) in place of `done`.
+    """
+    encoder = job.encoder
+    try:
+        try:
+            async for samples in job.opened.chunks():
+                if data := encoder.encode(samples):
+                    yield _sse(AudioDelta(audio=base64.b64encode(data).decode()))
+            if tail := encoder.flush():
+                yield _sse(AudioDelta(audio=base64.b64encode(tail).decode()))
+        except Exception as exc:
+            log.exception("engine failed mid-stream; sending an error event")
+            error = OpenAIError(500, f"The engine failed mid-stream: {exc}", code="engine_error")
+            yield _sse({"type": "error", **error.envelope()})
+            return
+        output_tokens = math.ceil(job.opened.duration_s * AUDIO_TOKENS_PER_SECOND)
+        usage = Usage(input_tokens, output_tokens, input_tokens + output_tokens)
+        yield _sse(AudioDone(usage=usage))
+    finally:
+        await job.finish()
+
+
+async def start_job(
+    request: Request, runtime: Runtime, speak: SpeakRequest, text: str, fmt: str
+) -> SpeechJob:
+    """Admit, start the utterance, wait for its first chunk; the job is finished after the
+    response by the route's `after_response=finish_job`.
+
+    Raises:
+        OpenAIError: 429 when no stream slot is free; 500 when the engine fails at once.
+    """
+    slots = stream_slots(request.app.state)
+    slots.acquire()
+    try:
+        opened = OpenedAudio.start(runtime, speak, text)
+    except BaseException:
+        slots.release()
+        raise
+    encoder: AudioEncoder | None = None
+    try:
+        encoder = new_encoder(fmt, OUTPUT_RATE)  # set up while the engine takes its first step
+        await opened.wait_first()
+    except BaseException:
+        if encoder is not None:
+            encoder.close()
+        await opened.aclose()
+        slots.release()
+        raise
+    job = SpeechJob(opened, encoder, slots)
+    request.state[JOB_STATE_KEY] = job
+    return job
