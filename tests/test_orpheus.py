@@ -397,9 +397,11 @@ async def test_in_process_speech_comes_out_as_2048_samples_per_frame(gguf, snac_
 # -- the remote backend ----------------------------------------------------------------------
 
 
-def sse(*texts: str) -> bytes:
+def sse(*texts: str, end: dict | None = None) -> bytes:
+    """SSE events carrying `texts`, then `end` as a last event, else `[DONE]`."""
     events = [f"data: {json.dumps({'choices': [{'text': t}]})}\n\n" for t in texts]
-    return "".join([*events, "data: [DONE]\n\n"]).encode()
+    last = json.dumps(end) if end is not None else "[DONE]"
+    return "".join([*events, f"data: {last}\n\n"]).encode()
 
 
 @pytest.mark.anyio
@@ -425,6 +427,23 @@ async def test_the_remote_request_streams_with_sampling_and_prompt_cache() -> No
     assert (body["stream"], body["cache_prompt"], body["seed"]) == (True, True, 9)
     assert body["repeat_penalty"] == body["repetition_penalty"] == 1.2
     assert body["stop"] == ["<custom_token_2>"]
+
+
+@pytest.mark.anyio
+async def test_an_error_event_mid_stream_fails_the_segment_naming_the_server() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        end = {"error": {"message": "context full"}}
+        return httpx.Response(200, content=sse("<custom_token_10>", end=end))
+
+    backend = RemoteCompletions(OrpheusSettings(server_url="http://orpheus.test"))
+    backend._client = httpx.AsyncClient(
+        base_url=backend.url, transport=httpx.MockTransport(handler)
+    )
+    sampling = backend.settings.sampling({})
+    with pytest.raises(RuntimeError, match=r"http://orpheus\.test failed mid-stream.*context full"):
+        async for _ in backend.synthesize("tara", "Hi.", sampling, ChunkPlan(28, False)):
+            pass
+    await backend.stop()
 
 
 @pytest.mark.anyio

@@ -110,7 +110,10 @@ class RemoteCompletions:
                 data = line.removeprefix("data:").strip()
                 if data == "[DONE]":
                     break
-                choices = json.loads(data).get("choices") or [{}]
+                event = json.loads(data)
+                if "error" in event:  # llama.cpp reports failures mid-stream this way
+                    raise RuntimeError(f"orpheus: {self.url} failed mid-stream: {event['error']}")
+                choices = event.get("choices") or [{}]
                 assembler.extend(parser.feed(choices[0].get("text") or ""))
                 while assembler.ready >= plan.size(index):
                     yield assembler.take(plan.size(index))
