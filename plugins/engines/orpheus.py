@@ -93,7 +93,8 @@ class OrpheusSettings(Sampling, forbid_unknown_fields=True, frozen=True, kw_only
         timeout_s: seconds to wait for the server to connect or send the next token.
         n_ctx: context length of the in-process model.
         n_gpu_layers: layers offloaded to the GPU (-1: all).
-        n_threads: CPU threads (None: llama.cpp's default).
+        n_threads: CPU threads for generation and prompt evaluation (None: llama-cpp-python's
+            default). On a busy machine fewer threads are faster: llama.cpp's threads spin.
         chunk_tokens: tokens per chunk when the request names no `chunk_size`.
         codec: the codec that decodes the frames: "snac" (PyTorch) or "snac-mlx".
     """
@@ -176,6 +177,7 @@ class LocalLlama:
             n_ctx=settings.n_ctx,
             n_gpu_layers=settings.n_gpu_layers,
             n_threads=settings.n_threads,
+            n_threads_batch=settings.n_threads,
             verbose=False,
         )
         if llm.n_vocab() < ORPHEUS_VOCAB:
