@@ -166,6 +166,8 @@ class PyAVEncoder:
         self._pts = 0
         self._frame_type = av.AudioFrame
         self._closed = False
+        # Open the codec and write the container header now, not on the first audio.
+        self._container.start_encoding()
 
     def encode(self, samples: np.ndarray) -> bytes:
         """Encode `samples`; returns the packets now complete, muxed."""

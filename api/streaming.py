@@ -272,7 +272,7 @@ async def start_job(
         raise
     encoder: AudioEncoder | None = None
     try:
-        encoder = new_encoder(fmt, OUTPUT_RATE)  # set up while the engine takes its first step
+        encoder = new_encoder(fmt, OUTPUT_RATE)
         await opened.wait_first()
     except BaseException:
         if encoder is not None:
