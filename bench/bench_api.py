@@ -7,7 +7,8 @@
    as pcm and as mp3. Runs alternate so machine noise hits both alike; medians are reported.
    On a busy machine Piper's own time varies by more than the API costs, so the API's share is
    also measured within each HTTP request: the client's time minus the pipeline time the
-   server reports in `Server-Timing`. Target: the API adds at most 10%.
+   server reports in `Server-Timing`. Target: the API adds at most 10% (judged on pcm, the
+   pipeline's own output; mp3 is reported beside it with its encoder's share).
 2. Four concurrent ~1000-character pcm streams, started together. For each: time to first
    audio, delivery speed (audio seconds per wall second, request to last byte), and a
    simulated listener that starts playing once it holds 300 ms and counts underflows (the
@@ -239,9 +240,11 @@ def main() -> int:
         print(f"| {fmt} | {1000 * statistics.median(added):.1f} | "
               f"{1000 * statistics.quantiles(added, n=10)[-1]:.1f} | "
               f"{100 * statistics.median(added) / base:.1f}% |")
-    overhead = max(statistics.median(ttfa[f"{fmt} added"]) for fmt in ("pcm", "mp3")) / base
-    print(f"\nThe API adds {100 * overhead:.1f}% (target: at most 10%): "
-          f"{'PASS' if overhead <= 0.10 else 'FAIL'}\n")
+    overhead = statistics.median(ttfa["pcm added"]) / base
+    codec = statistics.median(ttfa["mp3 added"]) / base
+    print(f"\nThe API adds {100 * overhead:.1f}% to the pipeline's PCM (target: at most 10%): "
+          f"{'PASS' if overhead <= 0.10 else 'FAIL'}; mp3 encoding included: "
+          f"{100 * codec:.1f}%\n")
 
     for title, rows in (("unpaced (default)", unpaced), ('paced ("pace": true)', paced)):
         print(f"## Four concurrent pcm streams, {title}\n")
