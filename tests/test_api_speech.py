@@ -359,7 +359,7 @@ FAULT_CONFIG = """
 default_engine = "fault"
 [plugins.fault]
 module = "plugins.engines.fault"
-settings = {{ fail_after = {fail_after}, step_delay_ms = 10 }}
+settings = {{ fail_after = {fail_after}, step_delay_ms = 10, start_delay_ms = {start_ms} }}
 [plugins.sentence]
 module = "plugins.chunkers.sentence"
 [plugins.crossfade]
@@ -369,17 +369,29 @@ FAULT_TEXT = "A sentence the fault engine turns into two seconds of tone."
 
 
 @asynccontextmanager
-async def fault_client(tmp_path: Path, fail_after: int) -> AsyncIterator[AsyncTestClient]:
-    (tmp_path / "plugins.toml").write_text(FAULT_CONFIG.format(fail_after=fail_after))
+async def fault_client(
+    tmp_path: Path, fail_after: int = -1, start_ms: int = 0, wait: bool = True
+) -> AsyncIterator[AsyncTestClient]:
+    config = FAULT_CONFIG.format(fail_after=fail_after, start_ms=start_ms)
+    (tmp_path / "plugins.toml").write_text(config)
     app = create_app(load_config(tmp_path / "plugins.toml"))
     async with AsyncTestClient(app, timeout=30) as http:
-        while (await http.get("/health")).status_code != 200:
+        while wait and (await http.get("/health")).status_code != 200:
             await anyio.sleep(0.05)
         yield http
 
 
 def fault_body(**change: object) -> dict[str, object]:
     return {"model": "tts-1", "voice": "alloy", "input": FAULT_TEXT, **change}
+
+
+@pytest.mark.anyio
+async def test_requests_while_the_engine_loads_get_503_with_retry_after(tmp_path: Path) -> None:
+    async with fault_client(tmp_path, start_ms=1000, wait=False) as http:
+        response = await http.post("/v1/audio/speech", json=fault_body())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.json()["error"]["code"] == "engine_unavailable"
 
 
 @pytest.mark.anyio
