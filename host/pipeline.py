@@ -363,11 +363,30 @@ async def _stitch_stage(
         seq += 1
         stats.samples_out = start
 
+    async def push(samples: np.ndarray, rate_hz: int, segment: int) -> None:
+        if stretch is None:
+            await emit(stitcher.push(samples, rate_hz, segment))
+            return
+        # The stretcher releases a whole segment once the next one begins.
+        held_segment = stretch.segment
+        done = stretch.push(samples, rate_hz, segment)
+        if len(done):
+            await emit(stitcher.push(done, rate_hz, held_segment))
+
+    def flush_decoders() -> np.ndarray:
+        tail = [decoder.flush() for decoder in decoders.values()]
+        decoders.clear()
+        return np.concatenate([np.zeros(0, np.float32), *tail])
+
     async with raw_in, audio_out:
         with utt._stitching:
             async for event in raw_in:
                 if event.generation < utt.generation:
                     continue  # audio of an interrupted turn
+                if event.segment != last_segment and decoders:
+                    # Each segment is its own code sequence: finish decoding it (its held-back
+                    # tail belongs to it, not to the next segment) and start the next afresh.
+                    await push(flush_decoders(), last_rate, last_segment)
                 if isinstance(event, TokenFrames):
                     codec = spec.codecs.get(event.codec) or spec.codec
                     if codec is None:
@@ -379,23 +398,11 @@ async def _stitch_stage(
                     rate_hz, tokens = codec.sample_rate, len(event.frames)
                 else:
                     samples, rate_hz = event.samples, event.sample_rate
-                if stretch is not None:
-                    # The stretcher releases a whole segment once the next one begins.
-                    held_segment = last_segment
-                    samples = stretch.push(samples, rate_hz, event.segment)
-                    if len(samples):
-                        await emit(stitcher.push(samples, rate_hz, held_segment))
-                else:
-                    await emit(stitcher.push(samples, rate_hz, event.segment))
+                await push(samples, rate_hz, event.segment)
                 last_segment, last_rate = event.segment, rate_hz
-            tail = np.concatenate(
-                [np.zeros(0, np.float32), *(d.flush() for d in decoders.values())]
-            )
+            await push(flush_decoders(), last_rate, last_segment)
             if stretch is not None:
-                stretch.push(tail, last_rate, last_segment)
-                tail = stretch.flush()
-            if len(tail):
-                await emit(stitcher.push(tail, last_rate, last_segment))
+                await emit(stitcher.push(stretch.flush(), last_rate, last_segment))
             await emit(stitcher.flush(), final=True)
             return
         # Barge-in: whatever the stitcher holds, faded over at most fade_ms, ends the stream.

@@ -28,16 +28,16 @@ class SegmentStretcher:
 
         self._stretch = pedalboard.time_stretch
         self.speed = speed
-        self._segment: int | None = None
+        self.segment: int | None = None  # the segment being held
         self._held: list[np.ndarray] = []
         self._rate = 0
 
     def push(self, samples: np.ndarray, sample_rate: int, segment: int) -> np.ndarray:
         """Add audio of `segment`; return the stretched previous segment once it has ended."""
         done = np.zeros(0, np.float32)
-        if self._segment is not None and segment != self._segment:
+        if self.segment is not None and segment != self.segment:
             done = self.flush()
-        self._segment, self._rate = segment, sample_rate
+        self.segment, self._rate = segment, sample_rate
         self._held.append(np.asarray(samples, np.float32))
         return done
 
