@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 python3 -m venv .venv
 . .venv/bin/activate
 python -m pip install --quiet --upgrade pip
-# ci/constraints.txt pins torch to its CPU build; llama-cpp-python compiles portable code.
+# ci/constraints.txt pins torch to its CPU build; llama-cpp-python compiles portable code
+# (about 5 minutes the first time; pip caches the wheel).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
-  python -m pip install --quiet -c ci/constraints.txt -e ".[test,orpheus]"
+  python -m pip install --quiet -c ci/constraints.txt -c ci/orpheus-constraints.txt \
+  -e ".[test,orpheus,orpheus-mlx]"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
 python -m pytest -q "$@"
