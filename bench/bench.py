@@ -372,7 +372,7 @@ async def bench_in_process(args: argparse.Namespace) -> list[dict]:
     runtime = Runtime(synthetic_config(load_config(args.config)), entry_points=False)
     results = []
     async with runtime.running():
-        for engine in list(runtime.registry.engines):
+        for engine in args.engines or list(runtime.registry.engines):
             print(f"benchmarking {engine} ...", file=sys.stderr)
             results.append(await bench_engine(runtime, engine, args.repeats, args.narration_s))
     return results
@@ -386,6 +386,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument("--engines", nargs="*", help="only these engines (default: all loaded)")
     args = parser.parse_args()
     os.environ.setdefault("MORPHEUS_NO_ENTRY_POINTS", "1")
     report: dict[str, Any] = {"engines": anyio.run(bench_in_process, args)}

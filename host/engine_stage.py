@@ -108,7 +108,8 @@ async def _speak_segment(
             if utt.generation != segment.generation:
                 return sent, None  # barge-in: the step's output is discarded
             event = _wrap(caps, output, segment, utt.rate.chunks, utt.generation)
-            utt.rate.produced(_duration_ms(event, utt.spec), _ms_since(started))
+            units = request.chunk_size if caps.output == "tokens" else None
+            utt.rate.produced(_duration_ms(event, utt.spec), _ms_since(started), units=units)
             if utt.stats.first_byte_at is None:
                 utt.stats.first_byte_at = time.perf_counter()
             await raw_out.send(event)

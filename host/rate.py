@@ -17,16 +17,17 @@ The engine stage asks `next_chunk_size()` before each request and `pause_s()` be
 
 - INIT: nothing produced; WARMUP: produced, the client has not taken any yet.
 - FILL: playing, buffer under target: each chunk grows x1.5 up to `target_chunk`.
-- STEADY: buffer at target; the chunk drifts back toward target by one unit per request;
-  if the buffer drops under `buffer_min_ms` -> UNDERFLOW.
+- STEADY: buffer at target; the chunk drifts back toward target by one unit per request while
+  a chunk one unit larger would still land under `buffer_max_ms`, and shrinks slightly when
+  it would not; if the buffer drops under `buffer_min_ms` -> UNDERFLOW.
 - UNDERFLOW: chunk halved (not under `min_chunk`), low latency on; the next request -> RECOVER.
 - RECOVER: grow again like FILL until the buffer is back at target -> STEADY, low latency off.
 - Overflow: `pause_s()` holds the engine while making the next chunk now would push the
   buffer (plus audio on its way) over `buffer_max_ms` when it lands, but never so long that
   the buffer would fall under target before the chunk arrives. The next chunk's cost is
   predicted from the EWMAs: its audio (from the segment's length at the smoothed ms of audio
-  per character, else the smoothed chunk duration) times the smoothed real-time factor. A
-  buffer over `buffer_max_ms` anyway (chunks too big to fit) shrinks the chunk slightly.
+  per character, or per unit of chunk size, else the smoothed chunk duration) times the
+  smoothed real-time factor.
 
 Every method takes an optional `at` (seconds on the injected clock), so tests drive it without
 threads or sleeps.
@@ -43,7 +44,7 @@ import msgspec
 EWMA_ALPHA = 0.3  # weight of the newest chunk time: settles in ~5-8 chunks, damps one-offs
 GROWTH = 1.5  # the seed's `size * 1.5` while the buffer is under target
 SHRINK_AFTER_OVERFLOW = 0.875  # "reduce size slightly" once an overflow pause ends
-SAFETY = 1.5  # assume the next chunk takes this much longer than predicted
+SAFETY = 2.0  # assume the next chunk may take twice as long as predicted (a loaded CPU)
 HEADROOM = 0.2  # aim the buffer's peaks this share of (max - target) under max
 
 
@@ -166,6 +167,7 @@ class RateController:
         self.audio_ms_ewma: float | None = None  # audio ms in one chunk
         self.rtf_ewma: float | None = None  # wall ms per ms of audio produced
         self.ms_per_char_ewma: float | None = None  # audio ms per character of text
+        self.ms_per_unit_ewma: float | None = None  # audio ms per unit of chunk size (tokens)
         self._segment_audio_ms = 0.0
         self.chunks = 0
         self.emitted_ms = 0.0
@@ -176,14 +178,27 @@ class RateController:
 
     # -- reports -----------------------------------------------------------------------------
 
-    def produced(self, duration_ms: float, elapsed_ms: float, *, at: float | None = None) -> None:
-        """The engine made a chunk of `duration_ms` audio in `elapsed_ms` of wall time."""
+    def produced(
+        self,
+        duration_ms: float,
+        elapsed_ms: float,
+        *,
+        units: int | None = None,
+        at: float | None = None,
+    ) -> None:
+        """The engine made a chunk of `duration_ms` audio in `elapsed_ms` of wall time.
+
+        `units` is the chunk size it was asked for (token engines), so the next chunk's audio
+        can be predicted from the next size.
+        """
         self._advance(at)
         self.chunks += 1
         self.chunk_ms_ewma = _ewma(self.chunk_ms_ewma, elapsed_ms)
         self._segment_audio_ms += duration_ms
         if duration_ms > 0:
             self.audio_ms_ewma = _ewma(self.audio_ms_ewma, duration_ms)
+            if units:
+                self.ms_per_unit_ewma = _ewma(self.ms_per_unit_ewma, duration_ms / units)
             self.rtf_ewma = _ewma(self.rtf_ewma, elapsed_ms / duration_ms)
         if self.state is RateState.INIT:
             self._enter(RateState.WARMUP)
@@ -245,9 +260,9 @@ class RateController:
                 self.chunk_size = min(float(s.target_chunk), self.chunk_size * GROWTH)
         elif self.state is RateState.STEADY and self.buffer.depth_ms < s.buffer_min_ms:
             self._underflow()
-        elif self.state is RateState.STEADY and self.buffer.depth_ms > s.buffer_max_ms:
-            self.chunk_size *= SHRINK_AFTER_OVERFLOW  # overflowed despite pausing: smaller
-        elif self.state is RateState.STEADY:
+        elif self.state is RateState.STEADY and not self._fits(self.chunk_size):
+            self.chunk_size *= SHRINK_AFTER_OVERFLOW  # can't land under max: smaller
+        elif self.state is RateState.STEADY and self._fits(self.chunk_size + 1):
             # Healthy: drift back toward target after the trims of overflows.
             self.chunk_size = min(float(s.target_chunk), self.chunk_size + 1)
         self.chunk_size = max(self.chunk_size, float(s.min_chunk))
@@ -266,6 +281,8 @@ class RateController:
         """Audio the next chunk will likely hold: from its text if given, else the EWMA."""
         if characters and self.ms_per_char_ewma:
             return characters * self.ms_per_char_ewma
+        if self.ms_per_unit_ewma:
+            return self.ms_per_unit_ewma * round(self.chunk_size)
         return self.audio_ms_ewma or 0.0
 
     def pause_s(self, *, next_audio_ms: float | None = None, at: float | None = None) -> float:
@@ -319,6 +336,14 @@ class RateController:
         self.buffer.advance(self._clock() if at is None else at)
         if self.buffer.underflows > before:
             self._underflow()
+
+    def _fits(self, size: float) -> bool:
+        """Would a chunk of `size`, made just in time for target, land under max?"""
+        s = self.settings
+        if self.ms_per_unit_ewma is None or self.rtf_ewma is None:
+            return self.buffer.depth_ms <= s.buffer_max_ms  # no unit model: judge by the buffer
+        audio = self.ms_per_unit_ewma * round(size)
+        return s.buffer_target_ms + (SAFETY - 1) * self.rtf_ewma * audio + audio <= s.buffer_max_ms
 
     def _underflow(self) -> None:
         s = self.settings
