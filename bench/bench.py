@@ -38,6 +38,7 @@ from typing import Any
 
 import anyio
 import httpx
+import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,13 +179,7 @@ def synthetic_config(config: MorpheusConfig) -> MorpheusConfig:
         module="plugins.engines.fault",
         settings={"token_ms": 12.0, "token_delay_ms": 2.4, "first_delay_ms": 50.0},
     ))
-    return msgspec_replace(config, plugins=plugins)
-
-
-def msgspec_replace(config: MorpheusConfig, **changes: Any) -> MorpheusConfig:
-    import msgspec
-
-    return msgspec.structs.replace(config, **changes)
+    return msgspec.structs.replace(config, plugins=plugins)
 
 
 # -- peers --------------------------------------------------------------------------------------
