@@ -4,7 +4,8 @@
 
 1. Time to first audio on the same text: the in-process pipeline (`Runtime.speak`, first
    stitched chunk) against a real `morpheus serve` over HTTP (request sent to first body byte),
-   as pcm and as mp3. Runs alternate so machine noise hits both alike; medians are reported.
+   as pcm and as mp3. Runs rotate order, with a pause between them, so machine noise and
+   onnxruntime's spinning threads hit every path alike; medians are reported.
    On a busy machine Piper's own time varies by more than the API costs, so the API's share is
    also measured within each HTTP request: the client's time minus the pipeline time the
    server reports in `Server-Timing`. Target: the API adds at most 10% (judged on pcm, the
@@ -58,6 +59,7 @@ SENTENCES = [
 ]
 BYTES_PER_SECOND = 24000 * 2  # pcm: 24 kHz, 16-bit mono
 PREBUFFER_S = 0.3
+SETTLE_S = 0.2  # pause between time-to-first-audio runs
 
 
 def long_text(offset: int, chars: int = 1000) -> str:
@@ -132,12 +134,18 @@ def bench_ttfa(config: Path, url: str, repeats: int) -> dict[str, list[float]]:
                 for _ in range(2):  # warm both sides
                     await in_process_ttfa(runtime, REPLY)
                     http_ttfa(client, url, REPLY, "pcm")
-                for _ in range(repeats):
-                    results["in-process"].append(await in_process_ttfa(runtime, REPLY))
-                    for fmt in ("pcm", "mp3"):
-                        client_s, server_s = http_ttfa(client, url, REPLY, fmt)
-                        results[f"http {fmt}"].append(client_s)
-                        results[f"{fmt} added"].append(client_s - server_s)
+                paths = ["in-process", "pcm", "mp3"]
+                for run_index in range(repeats):
+                    # Rotate the order, and let each run's onnxruntime threads (which spin for
+                    # a while after their work) go idle before the next run starts.
+                    for path in paths[run_index % 3:] + paths[:run_index % 3]:
+                        await anyio.sleep(SETTLE_S)
+                        if path == "in-process":
+                            results[path].append(await in_process_ttfa(runtime, REPLY))
+                            continue
+                        client_s, server_s = http_ttfa(client, url, REPLY, path)
+                        results[f"http {path}"].append(client_s)
+                        results[f"{path} added"].append(client_s - server_s)
 
     anyio.run(run)
     return results
