@@ -64,6 +64,25 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
     return row[-1] / max(1, len(ref))
 
 
+# -- runtimes ---------------------------------------------------------------------------------
+
+
+def fault_runtime(**settings: object):
+    """A Runtime whose default engine is the scripted `fault` engine with these settings."""
+    from host.config import MorpheusConfig, PluginEntry, ServerSettings
+    from host.runtime import Runtime
+
+    config = MorpheusConfig(
+        server=ServerSettings(default_engine="fault"),
+        plugins={
+            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
+            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+        },
+    )
+    return Runtime(config, entry_points=False)
+
+
 # -- a real server ---------------------------------------------------------------------------
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.runtime import Runtime, SpeakRequest
+from host.runtime import SpeakRequest
+from tests.conftest import fault_runtime
 
 pytestmark = pytest.mark.anyio
 
@@ -15,17 +15,6 @@ pytestmark = pytest.mark.anyio
 # and the stitcher's held crossfade tail (one 10 ms chunk here). A constant, whatever the length.
 MAX_LEAD_CHUNKS = 12
 
-
-def fault_runtime(**settings: object) -> Runtime:
-    config = MorpheusConfig(
-        server=ServerSettings(default_engine="fault"),
-        plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
-        },
-    )
-    return Runtime(config, entry_points=False)
 
 
 async def test_a_client_at_half_real_time_makes_the_engine_wait_and_loses_nothing() -> None:

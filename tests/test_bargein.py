@@ -12,27 +12,15 @@ import numpy as np
 import pytest
 from httpx_sse import connect_sse
 
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.runtime import Runtime, SpeakRequest
+from host.runtime import SpeakRequest
 from plugins.engines.fault import pitch_of
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, fault_runtime
 
 pytestmark = pytest.mark.anyio
 
 RATE = 24000
 OLD, NEW = "The old turn.", "A new turn."  # 520 Hz and 260 Hz tones
 
-
-def fault_runtime(**settings: object) -> Runtime:
-    config = MorpheusConfig(
-        server=ServerSettings(default_engine="fault"),
-        plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
-        },
-    )
-    return Runtime(config, entry_points=False)
 
 
 def dominant_hz(samples: np.ndarray) -> float:

@@ -8,22 +8,11 @@ import anyio
 import numpy as np
 import pytest
 
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.runtime import Runtime, SpeakRequest
+from tests.conftest import fault_runtime
 
 pytestmark = pytest.mark.anyio
 
-
-def fault_runtime(**settings: object) -> Runtime:
-    config = MorpheusConfig(
-        server=ServerSettings(default_engine="fault"),
-        plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
-        },
-    )
-    return Runtime(config, entry_points=False)
 
 
 async def test_every_sample_arrives_in_order_with_contiguous_offsets() -> None:
