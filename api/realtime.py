@@ -34,7 +34,7 @@ from host.sessions import Session, SessionError, SessionManager
 
 FIRST_MESSAGE_WAIT_S = 1.0  # /v1/realtime without query parameters waits this long for
 # a `session.create` before opening a session with the defaults
-QUERY_FIELDS = ("engine", "voice", "speed", "low_latency")
+QUERY_FIELDS = ("engine", "voice", "speed", "low_latency", "pace")
 PCM0_MAGIC = b"PCM0"
 WS_SESSION_NOT_FOUND = 4404  # application close codes live in 4000-4999
 
@@ -83,7 +83,7 @@ async def session_socket(socket: WebSocket, session_id: str) -> None:
 async def realtime_socket(socket: WebSocket) -> None:
     """Open a session for this connection and speak it; it ends with the connection.
 
-    The engine and voice come from the query (`engine`, `voice`, `speed`, `low_latency`) or
+    The settings come from the query (`engine`, `voice`, `speed`, `low_latency`, `pace`) or
     from a first `session.create` message.
     """
     await socket.accept()
@@ -152,6 +152,7 @@ async def _serve(
             if isinstance(event, AudioDelta):
                 async with lock:
                     await socket.send_data(pcm0_frame(event.samples, event.sample_rate), "binary")
+                session.delivered(event)
             else:
                 await send_json(event_json(event))
             if isinstance(event, SessionClosed):

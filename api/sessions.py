@@ -46,6 +46,8 @@ class SessionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         speed: 0.25-4.0.
         settings: engine-specific options for every turn.
         low_latency: prefer an early first chunk.
+        pace: hold synthesis to the listener's playback, judged by what the socket took
+            (default: `[server] pace_playback`, on); false sends audio as fast as it is made.
     """
 
     engine: str | None = None
@@ -53,6 +55,7 @@ class SessionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     speed: float = 1.0
     settings: dict[str, Any] = {}
     low_latency: bool = False
+    pace: bool | None = None
 
 
 class TextInput(msgspec.Struct, forbid_unknown_fields=True):
@@ -79,7 +82,7 @@ def create_session(manager: SessionManager, body: SessionCreate) -> Session:
     """Open a session, turning host errors into API errors naming the field."""
     request = SpeakRequest(
         engine=body.engine, voice=body.voice, speed=body.speed, options=body.settings,
-        low_latency=body.low_latency,
+        low_latency=body.low_latency, pace=body.pace,
     )
     try:
         return manager.create(request)
@@ -110,6 +113,10 @@ def session_info(session: Session, manager: SessionManager) -> dict[str, Any]:
         "engine": session.engine,
         "voice": session.voice,
         "speed": session.request.speed,
+        "pace": (
+            runtime.config.server.pace_playback
+            if session.request.pace is None else session.request.pace
+        ),
         "sample_rate": runtime.config.server.sample_rate,
         "created_at": int(session.created_at),
         "idle_timeout_s": runtime.config.server.session_idle_timeout_s,
@@ -208,6 +215,8 @@ async def _sse_messages(session: Session) -> AsyncIterator[ServerSentEventMessag
             if event is None:
                 return
             yield ServerSentEventMessage(event=event_type(event), data=dumps(event_json(event)))
+            if isinstance(event, AudioDelta):
+                session.delivered(event)  # the send returned: the socket took it
             if isinstance(event, SessionClosed):
                 return
     finally:

@@ -3,7 +3,12 @@
 `start_job` admits a request (`StreamSlots`, 429 beyond `$MORPHEUS_MAX_STREAMS`), starts its
 utterance in the runtime's background task group and waits for the first chunk, so an engine
 that fails at once still gets an error status. The body generators (`audio_body`, `sse_body`)
-then only read the stream, encode each slice and send it. When the client goes away, Litestar
+then only read the stream, encode each slice and send it.
+
+Rate control hears what the socket took: Litestar resumes a body generator only once its last
+`send` returned, and the server's `send` returns once the transport accepted the bytes (it
+waits while the write buffer is over its high-water mark). So each body reports the audio of a
+send to `OpenedAudio.sent` right after its `yield`. When the client goes away, Litestar
 cancels the body; its `finally` (or the route's `after_response=finish_job`, if the body never
 started) closes the stream, which cancels the utterance within one engine step.
 """
@@ -28,6 +33,7 @@ from api.encoders import AudioEncoder, new_encoder
 from api.errors import OpenAIError
 from api.schemas import AudioDelta, AudioDone, Usage
 from host.events import PCMChunk
+from host.failover import DegradedWatch
 from host.runtime import Runtime, SpeakRequest
 from host.streams import AudioStream
 
@@ -88,7 +94,8 @@ class OpenedAudio:
     """A started utterance, as the response reads it.
 
     `wait_first()` waits for the first chunk (so an engine that fails at once still gets an
-    error status); `chunks()` then yields 24 kHz float32 samples; `aclose()` stops it.
+    error status); `chunks()` then yields 24 kHz float32 samples; `sent(n)` reports n of them
+    taken by the socket; `aclose()` stops it.
     """
 
     def __init__(self, stream: AudioStream, rest: AsyncIterator[PCMChunk]) -> None:
@@ -96,7 +103,20 @@ class OpenedAudio:
         self._rest = rest
         self._first: PCMChunk | None = None
         self._resampler: Any = None
+        self._source_rate = OUTPUT_RATE  # the utterance's own rate, for `sent`
         self.samples_out = 0
+        stream.report_consumption()
+
+    @property
+    def requested_engine(self) -> str:
+        """The engine the request asked for (failover may have moved on from it)."""
+        utterance = self.stream.utterance
+        return utterance.spec.engine.name if utterance is not None else ""
+
+    def sent(self, samples: int) -> None:
+        """The socket accepted `samples` (at 24 kHz): rate control's playback model hears it."""
+        if samples:
+            self.stream.consumed(samples * self._source_rate / OUTPUT_RATE)
 
     @classmethod
     def start(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
@@ -150,6 +170,7 @@ class OpenedAudio:
 
     def _at_output_rate(self, chunk: PCMChunk) -> np.ndarray:
         samples = chunk.samples
+        self._source_rate = chunk.sample_rate
         if chunk.sample_rate != OUTPUT_RATE:
             if self._resampler is None:
                 self._resampler = soxr.ResampleStream(
@@ -211,11 +232,15 @@ async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
     An engine failure mid-stream ends the file cleanly (the encoder's tail is sent) and is
     logged; the status line is long gone by then.
     """
+    opened, pending = job.opened, 0  # samples encoded, not yet sent
     try:
         try:
-            async for samples in job.opened.chunks():
+            async for samples in opened.chunks():
+                pending += len(samples)
                 if data := job.encoder.encode(samples):
                     yield data
+                    opened.sent(pending)
+                    pending = 0
         except Exception:
             log.exception("engine failed mid-stream; ending the audio early")
         if tail := job.encoder.flush():
@@ -231,15 +256,22 @@ def _sse(event: msgspec.Struct | dict[str, Any]) -> bytes:
 async def sse_body(job: SpeechJob, input_tokens: int) -> AsyncIterator[bytes]:
     """The SSE body: `speech.audio.delta` events, then one `speech.audio.done` with usage.
 
-    An engine failure mid-stream sends an `error` event (an extension: OpenAI defines none for
-    speech) in place of `done`.
+    Extensions (OpenAI defines neither for speech): a `speech.degraded` event, before the
+    first delta spoken by another engine, each time failover moves the stream on; an `error`
+    event in place of `done` when the engine fails mid-stream.
     """
-    encoder = job.encoder
+    encoder, opened, pending = job.encoder, job.opened, 0
+    watch = DegradedWatch(opened.requested_engine)
     try:
         try:
-            async for samples in job.opened.chunks():
+            async for samples in opened.chunks():
+                if notice := watch.check(opened.stream.stats):
+                    yield _sse({"type": "speech.degraded", **msgspec.to_builtins(notice)})
+                pending += len(samples)
                 if data := encoder.encode(samples):
                     yield _sse(AudioDelta(audio=base64.b64encode(data).decode()))
+                    opened.sent(pending)
+                    pending = 0
             if tail := encoder.flush():
                 yield _sse(AudioDelta(audio=base64.b64encode(tail).decode()))
         except Exception as exc:

@@ -57,6 +57,40 @@ class Candidate(msgspec.Struct, frozen=True):
     voice: str | None
 
 
+class Degraded(msgspec.Struct, frozen=True, kw_only=True):
+    """Failover moved a stream to another engine: what consumers tell their client."""
+
+    engine: str  # speaking from now on
+    from_engine: str
+    reason: str
+
+
+class DegradedWatch:
+    """Spots each engine switch of a running utterance, once, for an SSE or WebSocket event.
+
+    Call `check(stats)` before sending each chunk: it returns a `Degraded` the first time the
+    utterance's statistics name an engine other than the last one reported.
+
+    Args:
+        engine: the engine the request asked for.
+    """
+
+    def __init__(self, engine: str) -> None:
+        self.engine = engine
+
+    def check(self, stats: Any) -> Degraded | None:
+        """A `Degraded` if `stats.engine` changed since the last call, else None."""
+        if stats is None or not stats.degraded or stats.engine == self.engine:
+            return None
+        notice = Degraded(
+            engine=stats.engine,
+            from_engine=self.engine,
+            reason=stats.failures[-1] if stats.failures else "",
+        )
+        self.engine = stats.engine
+        return notice
+
+
 class Attempt(msgspec.Struct, frozen=True):
     """What the next try looks like: which engine, and whether it is the smaller-chunk retry."""
 

@@ -170,7 +170,7 @@ class Utterance:
         """No more text will come."""
         await self.send_text("", final=True)
 
-    def consumed(self, samples: int) -> None:
+    def consumed(self, samples: float) -> None:
         """The client took `samples` of the audio (a socket accepted them): feeds rate control."""
         self.rate.consumed(samples)
 

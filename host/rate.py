@@ -216,7 +216,7 @@ class RateController:
         self._advance(at)
         self.emitted_ms += 1000.0 * samples / self.sample_rate
 
-    def consumed(self, samples: int, *, at: float | None = None) -> None:
+    def consumed(self, samples: float, *, at: float | None = None) -> None:
         """The client took `samples` (a socket accepted them, a reader received them)."""
         at = self._clock() if at is None else at
         self._advance(at)

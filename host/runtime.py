@@ -129,9 +129,15 @@ class Runtime:
         return self.config.server.default_engine
 
     def ready(self) -> bool:
-        """True once the default engine is loaded and warmed up."""
-        loaded = self.registry.engines.get(self.default_engine)
-        return loaded is not None and bool(loaded.engine.health().get("ready"))
+        """True once the default engine is warmed up and the chunker and stitcher are loaded."""
+        server, registry = self.config.server, self.registry
+        loaded = registry.engines.get(self.default_engine)
+        return (
+            loaded is not None
+            and bool(loaded.engine.health().get("ready"))
+            and server.chunker in registry.chunkers
+            and server.stitcher in registry.stitchers
+        )
 
     def resolve_voice(self, loaded: LoadedEngine, voice: str | None) -> str:
         """The voice a request gets: its own, else the configured default, else the engine's."""

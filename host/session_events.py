@@ -54,19 +54,32 @@ class TurnInterrupted(SessionEvent, frozen=True, kw_only=True, tag="turn.interru
     """The turn was cut by barge-in (or its consumer left); its queued audio was dropped."""
 
 
+class TurnDegraded(SessionEvent, frozen=True, kw_only=True, tag="turn.degraded"):
+    """Failover moved the turn to another engine; audio after this event is `engine`'s."""
+
+    engine: str
+    from_engine: str
+    reason: str
+
+
 class TurnMetrics(SessionEvent, frozen=True, kw_only=True, tag="metrics"):
     """How a finished turn went.
 
     `real_time_factor` is wall time over audio time (below 1 is faster than real time); the
-    wall time includes waiting for text and for the consumer.
+    wall time includes waiting for text and for the consumer. `pauses` counts the times the
+    engine waited for the listener (pacing); `underflows` the times the listener's buffer, as
+    modelled from what its socket took, ran dry before the end.
     """
 
-    engine: str
+    engine: str  # the engine that spoke last (another than the session's after failover)
+    degraded: bool
     time_to_first_audio_ms: float | None
     audio_ms: float
     chunks: int
     wall_ms: float
     real_time_factor: float | None
+    pauses: int
+    underflows: int
 
 
 class TurnError(SessionEvent, frozen=True, kw_only=True, tag="error"):

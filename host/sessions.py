@@ -29,6 +29,7 @@ import anyio
 import msgspec
 import numpy as np
 
+from host.failover import DegradedWatch
 from host.registry import EngineUnloadedError, UnknownComponentError
 from host.runtime import Runtime, SpeakRequest
 from host.session_events import (
@@ -37,6 +38,7 @@ from host.session_events import (
     Lease,
     SessionClosed,
     SessionEvent,
+    TurnDegraded,
     TurnDone,
     TurnError,
     TurnInterrupted,
@@ -230,6 +232,13 @@ class Session:
         if not self.closed and any(turn.unfinished for turn in self._active):
             self._interrupt()
 
+    def delivered(self, event: AudioDelta) -> None:
+        """The consumer's socket accepted `event`: the turn's rate control hears it."""
+        for turn in self._active:
+            if turn.index == event.turn and turn.utterance is not None:
+                turn.utterance.consumed(len(event.samples))
+                return
+
     async def next_event(self, lease: Lease) -> SessionEvent | None:
         """The next event for `lease`, never audio of an interrupted generation.
 
@@ -270,6 +279,7 @@ class Session:
         first_audio: float | None = None
         common = dict(session_id=self.id, turn=turn.index, generation=turn.generation)
         self._emit(turn, TurnStarted(**common))
+        watch = DegradedWatch(self.engine)
         try:
             async with self._runtime.speak(self.request) as utterance:
                 turn.utterance = utterance
@@ -283,6 +293,11 @@ class Session:
                             continue
                         if first_audio is None:
                             first_audio = time.perf_counter()
+                        if notice := watch.check(utterance.stats):
+                            self._emit(turn, TurnDegraded(
+                                **common, engine=notice.engine,
+                                from_engine=notice.from_engine, reason=notice.reason,
+                            ))
                         await self._put_audio(turn, chunk.samples, chunk.sample_rate)
                     tg.cancel_scope.cancel()  # audio ended early (abort): stop feeding text
         except Exception as exc:  # noqa: BLE001 - reported to the consumer, session lives on
@@ -297,7 +312,8 @@ class Session:
         self._emit(turn, TurnDone(**common, audio_ms=audio_ms))
         self._emit(turn, TurnMetrics(
             **common,
-            engine=self.engine,
+            engine=watch.engine,
+            degraded=watch.engine != self.engine,
             time_to_first_audio_ms=(
                 None if first_audio is None else 1000.0 * (first_audio - started)
             ),
@@ -305,6 +321,8 @@ class Session:
             chunks=turn.chunks,
             wall_ms=wall_ms,
             real_time_factor=wall_ms / audio_ms if audio_ms else None,
+            pauses=turn.utterance.rate.pauses,
+            underflows=turn.utterance.rate.underflows,
         ))
 
     async def _feed(self, turn: Turn, utterance: Any) -> None:

@@ -34,9 +34,9 @@ class AudioStream:
     `barge_in()` ends it within one chunk.
 
     Rate control needs to know what the client really took. By default a chunk counts as
-    consumed when the iteration asks for the next one (the previous send has returned). A
-    consumer that knows better (the HTTP layer, after each socket send) calls `consumed(n)`
-    instead; from its first call on, iteration reports nothing.
+    consumed when the iteration asks for the next one. A consumer that knows better (the HTTP
+    layer, whose socket sends return once the bytes are accepted) calls `report_consumption()`
+    before reading, then `consumed(n)` after each send; iteration then reports nothing.
     """
 
     def __init__(self, receive: ObjectReceiveStream[PCMChunk], scope: anyio.CancelScope) -> None:
@@ -62,7 +62,11 @@ class AudioStream:
     def __aiter__(self) -> AsyncIterator[PCMChunk]:
         return self._iterate()
 
-    def consumed(self, samples: int) -> None:
+    def report_consumption(self) -> None:
+        """From now on the consumer calls `consumed(n)` itself; iteration reports nothing."""
+        self._manual_reports = True
+
+    def consumed(self, samples: float) -> None:
         """The client took `samples` more of the audio (a socket send of them returned)."""
         self._manual_reports = True
         if self.utterance is not None:

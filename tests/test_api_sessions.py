@@ -345,6 +345,23 @@ def test_websocket_streams_pcm0_frames_between_json_events(
         assert np.abs(np.concatenate(frames)).max() > 0.1
 
 
+@pytest.mark.parametrize("pace", [True, False])
+def test_websocket_turns_are_paced_by_what_the_socket_took(live: LiveServer, pace: bool) -> None:
+    query = "" if pace else "?pace=false"  # pacing is on by default for sessions
+    with connect(ws_url(live, f"/v1/realtime{query}")) as ws:
+        assert receive_json(ws)["session"]["pace"] is pace
+        ws.send(json.dumps({"type": "text", "text": "Paced words. " * 5, "final": True}))
+        while True:
+            message = ws.recv(timeout=30)
+            if isinstance(message, str) and json.loads(message)["type"] == "metrics":
+                metrics = json.loads(message)
+                break
+    assert metrics["audio_ms"] > 3000  # far more than the 500 ms the listener may hold
+    # Paced, the engine waited for the listener again and again; unpaced, never.
+    assert (metrics["pauses"] > 2) is pace
+    assert isinstance(metrics["underflows"], int)
+
+
 def test_websocket_barge_in_stops_frames_until_the_next_turn(
     live: LiveServer, client: httpx.Client
 ) -> None:

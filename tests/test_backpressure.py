@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import anyio
 import pytest
 
+from api.app import create_app
 from host.runtime import SpeakRequest
 from tests.conftest import fault_runtime
 
@@ -14,7 +17,6 @@ pytestmark = pytest.mark.anyio
 # the forwarder's hand-off (2), one in the hands of each of the engine, stitcher, forwarder,
 # and the stitcher's held crossfade tail (one 10 ms chunk here). A constant, whatever the length.
 MAX_LEAD_CHUNKS = 12
-
 
 
 async def test_a_client_at_half_real_time_makes_the_engine_wait_and_loses_nothing() -> None:
@@ -85,3 +87,74 @@ async def test_a_consumer_reporting_its_own_sends_replaces_the_iteration_reports
             reported += half
     rate = stream.utterance.rate  # type: ignore[union-attr]
     assert rate.buffer.received_ms == pytest.approx(1000 * reported / 24000)
+
+
+async def test_http_rate_control_counts_exactly_what_the_socket_accepted() -> None:
+    """The response reports audio once the server's `send` returned, never before."""
+    runtime = fault_runtime(chunks_per_segment=6, chunk_ms=200)
+    streams = []
+    start_stream = runtime.stream
+
+    def recording_stream(*args: object, **kwargs: object):
+        streams.append(start_stream(*args, **kwargs))  # type: ignore[arg-type]
+        return streams[-1]
+
+    runtime.stream = recording_stream  # type: ignore[method-assign]
+    app = create_app(runtime=runtime, tracer_provider=None)
+    body = json.dumps(
+        {"model": "tts-1", "voice": "tone", "input": "Six chunks.", "response_format": "pcm"}
+    )
+    requests = [{"type": "http.request", "body": body.encode(), "more_body": False}]
+    accepted: list[int] = []  # bytes of each body message whose send returned
+    socket_open, response_sent = anyio.Event(), anyio.Event()
+
+    async def receive() -> dict[str, object]:
+        if requests:
+            return requests.pop()
+        await response_sent.wait()  # as a server: the exchange is over
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, object]) -> None:
+        if message["type"] != "http.response.body":
+            return
+        if message.get("body"):
+            if len(accepted) == 1:
+                await socket_open.wait()  # a full socket: this send does not return yet
+            accepted.append(len(message["body"]))  # type: ignore[arg-type]
+        if not message.get("more_body"):
+            response_sent.set()
+
+    def received_ms() -> float:
+        return streams[0].utterance.rate.buffer.received_ms
+
+    def pcm_ms(n_bytes: int) -> float:
+        return 1000 * n_bytes / 2 / 24000
+
+    async with runtime.running():  # what the app's lifespan does, on this test's event loop
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(app, http_scope("/v1/audio/speech", body), receive, send)
+                while not accepted:
+                    await anyio.sleep(0.01)
+                await anyio.sleep(0.3)  # the engine runs ahead into the bounded buffers
+                # One send returned: the first 100 ms of a 200 ms chunk. The second waits,
+                # while more than that has been made.
+                assert pcm_ms(accepted[0]) == pytest.approx(100)
+                assert received_ms() == pytest.approx(100, abs=0.1)
+                assert streams[0].utterance.rate.emitted_ms >= 400
+                socket_open.set()  # the response runs to its end
+    assert pcm_ms(sum(accepted)) == pytest.approx(6 * 200)  # one segment: no crossfade
+    assert received_ms() == pytest.approx(pcm_ms(sum(accepted)), abs=0.1)
+
+
+def http_scope(path: str, body: str) -> dict[str, object]:
+    """An ASGI HTTP scope for a JSON POST, as a server builds it."""
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        "headers": [
+            (b"host", b"127.0.0.1"), (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from httpx_sse import connect_sse
+from websockets.sync.client import connect as ws_connect
 
 from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.failover import EngineStalledError, SilentEngineError
@@ -205,3 +208,51 @@ def test_api_failover_after_the_first_byte_continues_the_stream(tmp_path: Path) 
     # 2 + 1 chunks from the failing engine, 2 from the backup, nothing repeated.
     assert len(audio) == 5 * 2400 - 2 * 240
     assert dominant_hz(audio[-3000:-600]) == pytest.approx(pitch_of("Hello there."), abs=10)
+
+
+MIDSTREAM_PRIMARY = "chunks_per_segment = 2\nchunk_ms = 100.0\nfail_after = 3"
+MIDSTREAM_BACKUP = "[plugins.fault2.settings]\nchunks_per_segment = 2\nchunk_ms = 100.0"
+
+
+def test_api_sse_says_degraded_between_the_two_engines_audio(tmp_path: Path) -> None:
+    server = live_server(tmp_path, MIDSTREAM_PRIMARY, "fault2", MIDSTREAM_BACKUP)
+    body = {"model": "tts-1", "voice": "alloy", "input": TEXT, "stream_format": "sse"}
+    try:
+        with httpx.Client(timeout=60) as client, connect_sse(
+            client, "POST", f"{server.url}/v1/audio/speech", json=body
+        ) as source:
+            events = [json.loads(sse.data) for sse in source.iter_sse()]
+    finally:
+        server.stop()
+    types = [event["type"] for event in events]
+    assert types.count("speech.degraded") == 1 and types[-1] == "speech.audio.done"
+    at = types.index("speech.degraded")
+    assert "speech.audio.delta" in types[:at] and "speech.audio.delta" in types[at:]
+    notice = events[at]
+    assert (notice["engine"], notice["from_engine"]) == ("fault2", "fault")
+    assert "scripted failure" in notice["reason"]
+
+
+def test_websocket_session_says_degraded_and_who_spoke(tmp_path: Path) -> None:
+    server = live_server(tmp_path, MIDSTREAM_PRIMARY, "fault2", MIDSTREAM_BACKUP)
+    received: list[object] = []
+    try:
+        with ws_connect(server.url.replace("http", "ws", 1) + "/v1/realtime?voice=tone") as ws:
+            ws.send(json.dumps({"type": "text", "text": TEXT, "final": True}))
+            while not received or not _is_metrics(received[-1]):
+                received.append(ws.recv(timeout=30))
+    finally:
+        server.stop()
+    kinds = [
+        "audio" if isinstance(m, bytes) else json.loads(m)["type"] for m in received
+    ]
+    at = kinds.index("turn.degraded")
+    assert "audio" in kinds[:at] and "audio" in kinds[at:]
+    notice = json.loads(received[at])  # type: ignore[arg-type]
+    assert (notice["engine"], notice["from_engine"], notice["turn"]) == ("fault2", "fault", 1)
+    metrics = json.loads(received[-1])  # type: ignore[arg-type]
+    assert metrics["engine"] == "fault2" and metrics["degraded"] is True
+
+
+def _is_metrics(message: object) -> bool:
+    return isinstance(message, str) and json.loads(message)["type"] == "metrics"
