@@ -21,6 +21,7 @@ from litestar import Request, delete, get, post
 from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
+from litestar.params import FromPath, FromQuery
 
 from api.errors import OpenAIError, decode_body, invalid_value
 from host.config import ConfigError, PluginEntry
@@ -155,7 +156,9 @@ async def load_plugin(request: Request, state: State) -> dict[str, Any]:
 
 
 @delete("/plugins/{name:str}", guards=[require_admin_key], status_code=200)
-async def unload_plugin(state: State, name: str, drain: bool = False) -> dict[str, Any]:
+async def unload_plugin(
+    state: State, name: FromPath[str], drain: FromQuery[bool] = False
+) -> dict[str, Any]:
     """Unload a plugin now.
 
     `?drain=true` lets open streams finish (up to `[server] drain_timeout_s`); otherwise they

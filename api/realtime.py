@@ -17,6 +17,7 @@ import numpy as np
 from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import websocket
+from litestar.params import FromPath
 
 from api.errors import OpenAIError, require_api_key
 from api.sessions import (
@@ -67,7 +68,7 @@ def pcm0_frame(samples: np.ndarray, sample_rate: int, channels: int = 1) -> byte
 
 
 @websocket("/v1/sessions/{session_id:str}/ws", guards=[require_api_key])
-async def session_socket(socket: WebSocket, session_id: str) -> None:
+async def session_socket(socket: WebSocket, session_id: FromPath[str]) -> None:
     """Speak a session over a WebSocket; the session outlives the connection."""
     await socket.accept()
     manager = session_manager(socket.app.state)

@@ -17,6 +17,7 @@ import anyio
 import msgspec
 from litestar import Request, delete, get, post
 from litestar.datastructures import State
+from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api.encoders import pcm16
@@ -156,14 +157,14 @@ async def open_session(request: Request, state: State) -> dict[str, Any]:
 
 
 @get("/v1/sessions/{session_id:str}", guards=[require_api_key], sync_to_thread=False)
-def get_session(state: State, session_id: str) -> dict[str, Any]:
+def get_session(state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Describe a live session."""
     manager = session_manager(state)
     return session_info(lookup(manager, session_id), manager)
 
 
 @post("/v1/sessions/{session_id:str}/text", guards=[require_api_key], status_code=202)
-async def push_text(request: Request, state: State, session_id: str) -> dict[str, Any]:
+async def push_text(request: Request, state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Push `{text, final}`; the first delta after a finished turn opens the next turn."""
     session = lookup(session_manager(state), session_id)
     body = decode_body(await request.body(), TextInput)
@@ -175,7 +176,7 @@ async def push_text(request: Request, state: State, session_id: str) -> dict[str
 
 
 @post("/v1/sessions/{session_id:str}/barge-in", guards=[require_api_key], status_code=200)
-async def barge_in(state: State, session_id: str) -> dict[str, Any]:
+async def barge_in(state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Stop speaking now; answers the interrupted turns and the new generation."""
     session = lookup(session_manager(state), session_id)
     try:
@@ -186,7 +187,7 @@ async def barge_in(state: State, session_id: str) -> dict[str, Any]:
 
 
 @delete("/v1/sessions/{session_id:str}", guards=[require_api_key], status_code=204)
-async def end_session(state: State, session_id: str) -> None:
+async def end_session(state: State, session_id: FromPath[str]) -> None:
     """End a session; its consumer gets `session.closed`."""
     manager = session_manager(state)
     lookup(manager, session_id)
@@ -194,7 +195,7 @@ async def end_session(state: State, session_id: str) -> None:
 
 
 @get("/v1/sessions/{session_id:str}/events", guards=[require_api_key], sync_to_thread=False)
-def session_events(state: State, session_id: str) -> ServerSentEvent:
+def session_events(state: State, session_id: FromPath[str]) -> ServerSentEvent:
     """The session's events as SSE; a second reader takes over from the first."""
     session = lookup(session_manager(state), session_id)
     return ServerSentEvent(
