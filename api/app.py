@@ -17,7 +17,7 @@ from api import admin, legacy, realtime, sessions, speech
 from api.errors import EXCEPTION_HANDLERS
 from host.config import MorpheusConfig, load_config
 from host.runtime import Runtime
-from host.sessions import SessionManager
+from host.session_manager import SessionManager
 from observability import Telemetry
 from observability.logs import RequestContextMiddleware, litestar_logging_config
 from observability.metrics import http_metrics_middleware, metrics_handler, metrics_registry

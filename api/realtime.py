@@ -31,7 +31,8 @@ from api.sessions import (
     session_manager,
 )
 from host.session_events import AudioDelta, SessionClosed
-from host.sessions import Session, SessionError, SessionManager
+from host.session_manager import SessionManager
+from host.sessions import Session, SessionError
 
 FIRST_MESSAGE_WAIT_S = 1.0  # /v1/realtime without query parameters waits this long for
 # a `session.create` before opening a session with the defaults

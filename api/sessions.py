@@ -25,7 +25,8 @@ from api.errors import OpenAIError, decode_body, invalid_value, require_api_key
 from host.registry import UnknownComponentError
 from host.runtime import SpeakRequest
 from host.session_events import AudioDelta, SessionClosed, SessionEvent
-from host.sessions import Session, SessionError, SessionManager
+from host.session_manager import SessionManager
+from host.sessions import Session, SessionError
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 

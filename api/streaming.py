@@ -245,6 +245,7 @@ async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
             log.exception("engine failed mid-stream; ending the audio early")
         if tail := job.encoder.flush():
             yield tail
+            opened.sent(pending)
     finally:
         await job.finish()
 
@@ -274,6 +275,7 @@ async def sse_body(job: SpeechJob, input_tokens: int) -> AsyncIterator[bytes]:
                     pending = 0
             if tail := encoder.flush():
                 yield _sse(AudioDelta(audio=base64.b64encode(tail).decode()))
+                opened.sent(pending)
         except Exception as exc:
             log.exception("engine failed mid-stream; sending an error event")
             error = OpenAIError(500, f"The engine failed mid-stream: {exc}", code="engine_error")

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry
 from api.app import create_app
 from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.runtime import Runtime, SpeakRequest
-from host.sessions import SessionManager
+from host.session_manager import SessionManager
 from observability import Telemetry
 from observability.metrics import Metrics
 from observability.tracing import configure_tracing
