@@ -13,7 +13,7 @@ from typing import Any
 
 from litestar import Request, get, post
 from litestar.datastructures import State
-from litestar.params import FromPath
+from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
 
 from api.errors import (
@@ -30,7 +30,7 @@ from api.schemas import (
     SpeechRequest,
     check_speech,
 )
-from api.streaming import audio_body, finish_job, sse_body, start_job
+from api.streaming import audio_body, barge_in_job, finish_job, sse_body, start_job
 from host.aliases import AliasResolver, Resolved
 from host.registry import UnknownComponentError
 from host.runtime import Runtime, SpeakRequest
@@ -38,6 +38,7 @@ from host.runtime import Runtime, SpeakRequest
 CHARS_PER_TOKEN = 4  # usage: the usual estimate for English text
 ENGINE_HEADER, VOICE_HEADER = "X-Morpheus-Engine", "X-Morpheus-Voice"
 DEGRADED_HEADER = "X-Morpheus-Degraded"  # the requested engine failed; a failover spoke
+STREAM_HEADER = "X-Morpheus-Stream-Id"  # names the response for POST .../{id}/barge-in
 _STARTED = int(time.time())
 
 
@@ -106,7 +107,7 @@ async def create_speech(request: Request, state: State) -> Stream:
         response_format=speech.format,
     )
     job = await start_job(request, runtime, speak, speech.input, speech.format)
-    headers = {**audio_headers(resolved), **job.timing_headers()}
+    headers = {**audio_headers(resolved), **job.timing_headers(), STREAM_HEADER: job.stream_id}
     stats = job.opened.stream.stats
     if stats is not None and stats.degraded:  # failover before the first byte: say who spoke
         headers.update({DEGRADED_HEADER: "true", ENGINE_HEADER: stats.engine})
@@ -116,6 +117,16 @@ async def create_speech(request: Request, state: State) -> Stream:
         return Stream(sse_body(job, tokens), media_type="text/event-stream", headers=headers)
     headers["Cache-Control"] = "no-store"
     return Stream(audio_body(job), media_type=job.encoder.content_type, headers=headers)
+
+
+@post("/v1/audio/speech/{stream_id:str}/barge-in", guards=[require_api_key], status_code=200)
+async def barge_in_speech(
+    state: State, stream_id: FromPath[str], fade_ms: FromQuery[float | None] = None
+) -> dict[str, Any]:
+    """Stop a streaming response (extension): at most `fade_ms` (0-30, default `[server]
+    barge_in_fade_ms`) of faded audio follows, then its body ends as a complete file."""
+    job = barge_in_job(state, stream_id, fade_ms)
+    return {"stream_id": job.stream_id, "interrupted": True}
 
 
 def _model_objects(runtime: Runtime) -> list[ModelObject]:
@@ -182,5 +193,5 @@ def list_voices(state: State) -> dict[str, Any]:
     }
 
 
-ROUTES = [create_speech, list_models, retrieve_model, list_voices]
+ROUTES = [create_speech, barge_in_speech, list_models, retrieve_model, list_voices]
 """The route handlers of this module, for `Litestar(route_handlers=...)`."""

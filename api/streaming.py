@@ -45,6 +45,7 @@ MAX_STREAMS_ENV = "MORPHEUS_MAX_STREAMS"
 FIRST_SLICE_SAMPLES = 2400  # 100 ms: what is encoded before the first bytes leave
 SLICE_SAMPLES = 6000  # 250 ms: the most encoded per send after that
 JOB_STATE_KEY = "speech_job"
+MAX_FADE_MS = 30.0  # the longest fade a barge-in may ask for
 
 
 class StreamSlots:
@@ -85,6 +86,39 @@ def stream_slots(state: State) -> StreamSlots:
         slots = StreamSlots(int(os.environ.get(MAX_STREAMS_ENV) or 0))
         state["stream_slots"] = slots
     return slots
+
+
+def live_jobs(state: State) -> dict[str, SpeechJob]:
+    """The speech responses still streaming, by stream id (for barge-in)."""
+    jobs = state.get("speech_jobs")
+    if jobs is None:
+        jobs = state["speech_jobs"] = {}
+    return jobs
+
+
+def barge_in_job(state: State, stream_id: str, fade_ms: float | None) -> SpeechJob:
+    """Stop a streaming speech response: at most `fade_ms` (default `[server]
+    barge_in_fade_ms`) of faded audio follows, then the response ends as a complete file.
+
+    Raises:
+        OpenAIError: 400 `invalid_value` (param fade_ms) outside 0-30; 404 `stream_not_found`
+            when no response with that id is streaming.
+    """
+    if fade_ms is not None and not 0 <= fade_ms <= MAX_FADE_MS:
+        raise OpenAIError(
+            400, f"fade_ms must lie between 0 (cut) and {MAX_FADE_MS:g}; got {fade_ms:g}.",
+            param="fade_ms", code="invalid_value",
+        )
+    job = live_jobs(state).get(stream_id)
+    if job is None:
+        raise OpenAIError(
+            404,
+            f"No speech stream {stream_id!r} is streaming: it has ended or never existed. "
+            "Use the X-Morpheus-Stream-Id header of a response still in progress.",
+            code="stream_not_found",
+        )
+    job.opened.stream.barge_in(fade_ms)
+    return job
 
 
 # -- an opened stream ------------------------------------------------------------------------
@@ -199,8 +233,16 @@ class SpeechJob:
     means the body generator never runs (and so never reaches its `finally`).
     """
 
-    def __init__(self, opened: OpenedAudio, encoder: AudioEncoder, slots: StreamSlots) -> None:
+    def __init__(
+        self, opened: OpenedAudio, encoder: AudioEncoder, slots: StreamSlots,
+        jobs: dict[str, SpeechJob],
+    ) -> None:
         self.opened, self.encoder, self.slots = opened, encoder, slots
+        utterance = opened.stream.utterance
+        self.stream_id = utterance.stream_id if utterance is not None else ""
+        self._jobs = jobs
+        if self.stream_id:
+            jobs[self.stream_id] = self
         self._finished = False
 
     def timing_headers(self) -> dict[str, str]:
@@ -214,6 +256,7 @@ class SpeechJob:
         if self._finished:
             return
         self._finished = True
+        self._jobs.pop(self.stream_id, None)
         self.encoder.close()
         self.slots.release()
         await self.opened.aclose()
@@ -314,6 +357,6 @@ async def start_job(
         await opened.aclose()
         slots.release()
         raise
-    job = SpeechJob(opened, encoder, slots)
+    job = SpeechJob(opened, encoder, slots, live_jobs(request.app.state))
     request.state[JOB_STATE_KEY] = job
     return job

@@ -22,6 +22,9 @@ RATE = 24000
 OLD, NEW = "The old turn.", "A new turn."  # 520 Hz and 260 Hz tones
 
 
+def rms(samples: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(samples**2)))
+
 
 def dominant_hz(samples: np.ndarray) -> float:
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
@@ -168,3 +171,40 @@ def test_a_client_hears_nothing_of_the_old_turn_after_barge_in(tmp_path: Path) -
     # Every 100 ms of the next turn is its own tone: none of the old turn's audio leaked in.
     for start in range(0, len(samples) - 2400, 2400):
         assert dominant_hz(samples[start : start + 2400]) == pytest.approx(pitch_of(NEW), abs=10)
+
+
+def test_an_http_speech_stream_ends_with_the_fade_after_its_barge_in(tmp_path: Path) -> None:
+    config = tmp_path / "plugins.toml"
+    config.write_text(SESSION_TOML)
+    server = LiveServer(config)
+    body = {"model": "tts-1", "voice": "tone", "input": f"{OLD} " * 40,
+            "response_format": "pcm", "pace": True}
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=30) as http, httpx.Client(
+            base_url=server.url, timeout=30
+        ) as control:
+            received, barged_at = b"", 0
+            with http.stream("POST", "/v1/audio/speech", json=body) as response:
+                stream_id = response.headers["x-morpheus-stream-id"]
+                for data in response.iter_raw():
+                    received += data
+                    if not barged_at and len(received) >= RATE:  # half a second heard
+                        reply = control.post(
+                            f"/v1/audio/speech/{stream_id}/barge-in", params={"fade_ms": 20}
+                        )
+                        barged_at = len(received) // 2
+            ended = control.post(f"/v1/audio/speech/{stream_id}/barge-in")
+            too_long = control.post("/v1/audio/speech/x/barge-in", params={"fade_ms": 50})
+    finally:
+        server.stop()
+    assert reply.status_code == 200
+    assert reply.json() == {"stream_id": stream_id, "interrupted": True}
+    audio = np.frombuffer(received, dtype="<i2").astype(np.float32) / 32768
+    # Paced, the server was at most ~0.5 s ahead of the listener when the barge-in came; the
+    # full text is 40 x 0.78 s.
+    assert len(audio) - barged_at < 1.5 * RATE
+    # The stream ended on a 20 ms fade, not mid-tone (a click).
+    assert rms(audio[-48:]) < 0.2 * rms(audio[-2400:-480])
+    assert ended.status_code == 404 and ended.json()["error"]["code"] == "stream_not_found"
+    assert too_long.status_code == 400 and too_long.json()["error"]["param"] == "fade_ms"
