@@ -132,18 +132,32 @@ class LiveServer:
         self._log_file.close()
 
 
+def start_live_server(
+    directory: Path, config: str, env: dict[str, str] | None = None
+) -> LiveServer:
+    """Write `config` as `directory/plugins.toml`, start a server on it and wait until it is
+    ready (stopping it if it never is). The caller stops it."""
+    path = directory / "plugins.toml"
+    path.write_text(config)
+    server = LiveServer(path, env=env)
+    try:
+        server.wait_ready()
+    except Exception:
+        server.stop()
+        raise
+    return server
+
+
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     """The default install's server (repo plugins.toml), deterministic Piper for exact tests."""
-    config = tmp_path_factory.mktemp("server") / "plugins.toml"
     text = (ROOT / "plugins.toml").read_text()
     # noise 0: identical requests give identical bytes (concurrency isolation tests need it).
     deterministic = 'voice = "bundled"\nnoise_scale = 0.0\nnoise_w_scale = 0.0'
-    text = text.replace('voice = "bundled"', deterministic)
-    config.write_text(text)
-    live = LiveServer(config)
+    live = start_live_server(
+        tmp_path_factory.mktemp("server"), text.replace('voice = "bundled"', deterministic)
+    )
     try:
-        live.wait_ready()
         yield live
     finally:
         live.stop()

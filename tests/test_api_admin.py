@@ -20,7 +20,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, start_live_server
 
 DIST = "morpheus-test-echo"
 VERSION = "0.3.1"
@@ -125,15 +125,7 @@ def echo_distribution(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
 
 
 def start(tmp_path: Path, config: str = CONFIG, env: dict[str, str] | None = None) -> LiveServer:
-    path = tmp_path / "plugins.toml"
-    path.write_text(config)
-    server = LiveServer(path, env=env)
-    try:
-        server.wait_ready()
-    except Exception:
-        server.stop()
-        raise
-    return server
+    return start_live_server(tmp_path, config, env)
 
 
 @pytest.fixture(scope="module")

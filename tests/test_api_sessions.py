@@ -21,7 +21,7 @@ from httpx_sse import connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from tests.conftest import LiveServer, word_error_rate
+from tests.conftest import LiveServer, start_live_server, word_error_rate
 
 CONFIG = """
 [server]
@@ -42,15 +42,7 @@ LONG_TEXT = " ".join(["This sentence keeps the tone engine busy for a while."] *
 def start_server(
     tmp_path: Path, idle_s: float = 300.0, env: dict[str, str] | None = None
 ) -> LiveServer:
-    config = tmp_path / "plugins.toml"
-    config.write_text(CONFIG.format(idle=idle_s))
-    server = LiveServer(config, env=env)
-    try:
-        server.wait_ready()
-    except Exception:
-        server.stop()
-        raise
-    return server
+    return start_live_server(tmp_path, CONFIG.format(idle=idle_s), env)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from api.app import create_app
 from api.encoders import pcm16
 from host.config import load_config
 from host.runtime import Runtime, SpeakRequest
-from tests.conftest import ROOT, LiveServer, word_error_rate
+from tests.conftest import ROOT, LiveServer, start_live_server, word_error_rate
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
@@ -429,11 +429,11 @@ async def test_engine_failing_mid_sse_sends_an_error_event_instead_of_done(
 
 @pytest.fixture(scope="module")
 def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    config = tmp_path_factory.mktemp("guarded") / "plugins.toml"
-    config.write_text((ROOT / "plugins.toml").read_text())
-    live = LiveServer(config, env={"MORPHEUS_API_KEY": "sk-test", "MORPHEUS_MAX_STREAMS": "1"})
+    live = start_live_server(
+        tmp_path_factory.mktemp("guarded"), (ROOT / "plugins.toml").read_text(),
+        env={"MORPHEUS_API_KEY": "sk-test", "MORPHEUS_MAX_STREAMS": "1"},
+    )
     try:
-        live.wait_ready()
         yield live
     finally:
         live.stop()

@@ -14,7 +14,7 @@ from httpx_sse import connect_sse
 
 from host.runtime import SpeakRequest
 from plugins.engines.fault import pitch_of
-from tests.conftest import LiveServer, fault_runtime
+from tests.conftest import fault_runtime, start_live_server
 
 pytestmark = pytest.mark.anyio
 
@@ -132,11 +132,8 @@ settings = { chunk_ms = 50.0, step_delay_ms = 5.0 }
 
 
 def test_a_client_hears_nothing_of_the_old_turn_after_barge_in(tmp_path: Path) -> None:
-    config = tmp_path / "plugins.toml"
-    config.write_text(SESSION_TOML)
-    server = LiveServer(config)
+    server = start_live_server(tmp_path, SESSION_TOML)
     try:
-        server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as http, httpx.Client(
             base_url=server.url, timeout=30
         ) as control:
@@ -174,13 +171,10 @@ def test_a_client_hears_nothing_of_the_old_turn_after_barge_in(tmp_path: Path) -
 
 
 def test_an_http_speech_stream_ends_with_the_fade_after_its_barge_in(tmp_path: Path) -> None:
-    config = tmp_path / "plugins.toml"
-    config.write_text(SESSION_TOML)
-    server = LiveServer(config)
     body = {"model": "tts-1", "voice": "tone", "input": f"{OLD} " * 40,
             "response_format": "pcm", "pace": True}
+    server = start_live_server(tmp_path, SESSION_TOML)
     try:
-        server.wait_ready()
         with httpx.Client(base_url=server.url, timeout=30) as http, httpx.Client(
             base_url=server.url, timeout=30
         ) as control:

@@ -15,7 +15,7 @@ from host.config import MorpheusConfig, PluginEntry, ServerSettings
 from host.failover import EngineStalledError, SilentEngineError
 from host.runtime import Runtime, SpeakRequest
 from plugins.engines.fault import pitch_of
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, start_live_server
 
 pytestmark = pytest.mark.anyio
 
@@ -163,14 +163,10 @@ module = "plugins.engines.fault"
 
 
 def live_server(tmp_path: Path, primary: str, backup: str, backup_settings: str = "") -> LiveServer:
-    config = tmp_path / "plugins.toml"
-    config.write_text(SERVER_TOML.format(
+    return start_live_server(tmp_path, SERVER_TOML.format(
         failover=f'["{backup}"]', primary=primary, backup=backup,
         backup_settings=backup_settings,
     ))
-    server = LiveServer(config)
-    server.wait_ready()
-    return server
 
 
 def post_speech(server: LiveServer, text: str) -> httpx.Response:
