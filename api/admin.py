@@ -3,9 +3,9 @@
 Reads are open. Writes (`POST /plugins`, `DELETE /plugins/{name}`, `POST /config`) need the
 admin key when one is configured (`$MORPHEUS_ADMIN_KEY` or `[server] admin_key`), sent as
 `Authorization: Bearer <key>` or `X-Admin-Key: <key>`. `POST /plugins` imports a module only if
-it matches a pattern of `[server] plugin_modules` (fnmatch, default `["plugins.*"]`); installed
-entry points are always allowed, since installing a distribution already trusted it. Changes
-apply to new requests at once; nothing is written back to plugins.toml.
+it matches a pattern of `[server] plugin_modules` (fnmatch, default `["morpheus_tts.plugins.*"]`);
+installed entry points are always allowed, since installing a distribution already trusted it.
+Changes apply to new requests at once; nothing is written back to plugins.toml.
 """
 
 from __future__ import annotations
@@ -22,11 +22,10 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
-
-from api.errors import OpenAIError, decode_body, invalid_value
-from host.config import ConfigError, PluginEntry
-from host.registry import PluginRecord, Registry, UnknownComponentError
-from host.runtime import Runtime
+from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value
+from morpheus_tts.host.config import ConfigError, PluginEntry
+from morpheus_tts.host.registry import PluginRecord, Registry, UnknownComponentError
+from morpheus_tts.host.runtime import Runtime
 
 ADMIN_KEY_ENV = "MORPHEUS_ADMIN_KEY"
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")

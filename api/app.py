@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 
 import anyio
@@ -12,18 +13,22 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
+from morpheus_tts.api import admin, legacy, realtime, sessions, speech
+from morpheus_tts.api.errors import EXCEPTION_HANDLERS
+from morpheus_tts.host.config import MorpheusConfig, load_config
+from morpheus_tts.host.runtime import Runtime
+from morpheus_tts.host.session_manager import SessionManager
+from morpheus_tts.observability import Telemetry
+from morpheus_tts.observability.logs import RequestContextMiddleware, litestar_logging_config
+from morpheus_tts.observability.metrics import (
+    http_metrics_middleware,
+    metrics_handler,
+    metrics_registry,
+)
+from morpheus_tts.observability.tracing import TracerProvider, configure_tracing, litestar_plugin
 
-from api import admin, legacy, realtime, sessions, speech
-from api.errors import EXCEPTION_HANDLERS
-from host.config import MorpheusConfig, load_config
-from host.runtime import Runtime
-from host.session_manager import SessionManager
-from observability import Telemetry
-from observability.logs import RequestContextMiddleware, litestar_logging_config
-from observability.metrics import http_metrics_middleware, metrics_handler, metrics_registry
-from observability.tracing import TracerProvider, configure_tracing, litestar_plugin
-
-WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+# The web UI ships inside the package (morpheus_tts.web), so a wheel install serves it too.
+WEB_DIR = Path(str(resources.files("morpheus_tts.web")))
 
 
 @get("/health", sync_to_thread=False)

@@ -10,12 +10,11 @@ from typing import BinaryIO
 
 import anyio
 import msgspec
-
-from api.encoders import pcm16, wav_header
-from host.config import ConfigError, MorpheusConfig, PluginEntry, load_config
-from host.registry import UnknownComponentError
-from host.runtime import Runtime, SpeakRequest
-from observability.logs import configure_logging, uvicorn_log_config
+from morpheus_tts.api.encoders import pcm16, wav_header
+from morpheus_tts.host.config import ConfigError, MorpheusConfig, PluginEntry, load_config
+from morpheus_tts.host.registry import UnknownComponentError
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.observability.logs import configure_logging, uvicorn_log_config
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5005
@@ -101,7 +100,7 @@ def _say(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Morp
 def _with_piper_voice(config: MorpheusConfig, path: str) -> MorpheusConfig:
     if not Path(path).is_file():
         raise FileNotFoundError(f"--voice {path}: no such Piper voice file")
-    entry = config.plugins.get("piper", PluginEntry(module="plugins.engines.piper"))
+    entry = config.plugins.get("piper", PluginEntry(module="morpheus_tts.plugins.engines.piper"))
     settings = {**entry.settings, "voice": path}
     plugins = {**config.plugins, "piper": msgspec.structs.replace(entry, settings=settings)}
     return msgspec.structs.replace(config, plugins=plugins)
@@ -161,8 +160,7 @@ def _progress_bar(total_chars: int):  # noqa: ANN202 - tqdm is typed loosely
 
 def _serve(args: argparse.Namespace, config: MorpheusConfig) -> int:
     import uvicorn
-
-    from api.app import create_app
+    from morpheus_tts.api.app import create_app
 
     uvicorn.run(
         create_app(config), host=args.host, port=args.port,

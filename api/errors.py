@@ -30,8 +30,7 @@ from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler
-
-from host.registry import UnknownComponentError
+from morpheus_tts.host.registry import UnknownComponentError
 
 log = logging.getLogger(__name__)
 

@@ -24,13 +24,17 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import File, Response, Stream
-
-from api.encoders import CONTENT_TYPES, pcm16, wav_header
-from api.errors import OpenAIError, decode_body, require_api_key
-from api.schemas import LegacySpeakRequest, LegacySpeakResponse, check_speed, check_text
-from api.speech import audio_headers, resolve
-from api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
-from host.runtime import Runtime, SpeakRequest
+from morpheus_tts.api.encoders import CONTENT_TYPES, pcm16, wav_header
+from morpheus_tts.api.errors import OpenAIError, decode_body, require_api_key
+from morpheus_tts.api.schemas import (
+    LegacySpeakRequest,
+    LegacySpeakResponse,
+    check_speed,
+    check_text,
+)
+from morpheus_tts.api.speech import audio_headers, resolve
+from morpheus_tts.api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 OUTPUTS_DIR_ENV = "MORPHEUS_OUTPUTS_DIR"
 OUTPUTS_KEEP_ENV = "MORPHEUS_OUTPUTS_KEEP"

@@ -18,9 +18,8 @@ from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import websocket
 from litestar.params import FromPath
-
-from api.errors import OpenAIError, require_api_key
-from api.sessions import (
+from morpheus_tts.api.errors import OpenAIError, require_api_key
+from morpheus_tts.api.sessions import (
     SessionCreate,
     TextInput,
     create_session,
@@ -30,9 +29,9 @@ from api.sessions import (
     session_info,
     session_manager,
 )
-from host.session_events import AudioDelta, SessionClosed
-from host.session_manager import SessionManager
-from host.sessions import Session, SessionError
+from morpheus_tts.host.session_events import AudioDelta, SessionClosed
+from morpheus_tts.host.session_manager import SessionManager
+from morpheus_tts.host.sessions import Session, SessionError
 
 FIRST_MESSAGE_WAIT_S = 1.0  # /v1/realtime without query parameters waits this long for
 # a `session.create` before opening a session with the defaults

@@ -11,9 +11,8 @@ import math
 from typing import Any, Literal
 
 import msgspec
-
-from api.errors import invalid_value
-from host.speed import MAX_SPEED, MIN_SPEED
+from morpheus_tts.api.errors import invalid_value
+from morpheus_tts.host.speed import MAX_SPEED, MIN_SPEED
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
 StreamFormat = Literal["audio", "sse"]

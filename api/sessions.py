@@ -19,14 +19,13 @@ from litestar import Request, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
-
-from api.encoders import pcm16
-from api.errors import OpenAIError, decode_body, invalid_value, require_api_key
-from host.registry import UnknownComponentError
-from host.runtime import SpeakRequest
-from host.session_events import AudioDelta, SessionClosed, SessionEvent
-from host.session_manager import SessionManager
-from host.sessions import Session, SessionError
+from morpheus_tts.api.encoders import pcm16
+from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value, require_api_key
+from morpheus_tts.host.registry import UnknownComponentError
+from morpheus_tts.host.runtime import SpeakRequest
+from morpheus_tts.host.session_events import AudioDelta, SessionClosed, SessionEvent
+from morpheus_tts.host.session_manager import SessionManager
+from morpheus_tts.host.sessions import Session, SessionError
 
 KEEPALIVE_S = 15.0  # an SSE comment this often keeps proxies from closing an idle stream
 

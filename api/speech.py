@@ -15,25 +15,24 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
-
-from api.errors import (
+from morpheus_tts.api.errors import (
     OpenAIError,
     decode_body,
     invalid_voice,
     model_not_found,
     require_api_key,
 )
-from api.schemas import (
+from morpheus_tts.api.schemas import (
     MAX_SPEECH_BODY_BYTES,
     ModelList,
     ModelObject,
     SpeechRequest,
     check_speech,
 )
-from api.streaming import audio_body, barge_in_job, finish_job, sse_body, start_job
-from host.aliases import AliasResolver, Resolved
-from host.registry import UnknownComponentError
-from host.runtime import Runtime, SpeakRequest
+from morpheus_tts.api.streaming import audio_body, barge_in_job, finish_job, sse_body, start_job
+from morpheus_tts.host.aliases import AliasResolver, Resolved
+from morpheus_tts.host.registry import UnknownComponentError
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 CHARS_PER_TOKEN = 4  # usage: the usual estimate for English text
 ENGINE_HEADER, VOICE_HEADER = "X-Morpheus-Engine", "X-Morpheus-Voice"

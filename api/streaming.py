@@ -28,14 +28,13 @@ import numpy as np
 import soxr
 from litestar import Request
 from litestar.datastructures import State
-
-from api.encoders import AudioEncoder, new_encoder
-from api.errors import OpenAIError
-from api.schemas import AudioDelta, AudioDone, Usage
-from host.events import PCMChunk
-from host.failover import DegradedWatch
-from host.runtime import Runtime, SpeakRequest
-from host.streams import AudioStream
+from morpheus_tts.api.encoders import AudioEncoder, new_encoder
+from morpheus_tts.api.errors import OpenAIError
+from morpheus_tts.api.schemas import AudioDelta, AudioDone, Usage
+from morpheus_tts.host.events import PCMChunk
+from morpheus_tts.host.failover import DegradedWatch
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.host.streams import AudioStream
 
 log = logging.getLogger(__name__)
 

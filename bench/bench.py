@@ -42,10 +42,9 @@ import msgspec
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from host.config import MorpheusConfig, PluginEntry, load_config  # noqa: E402
-from host.runtime import Runtime, SpeakRequest  # noqa: E402
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, load_config  # noqa: E402
+from morpheus_tts.host.runtime import Runtime, SpeakRequest  # noqa: E402
 
 PROMPTS = {
     "short": "Hello! How can I help you today?",
@@ -176,7 +175,7 @@ def synthetic_config(config: MorpheusConfig) -> MorpheusConfig:
     """The configured plugins plus `fault` as an engine of known speed (real-time factor 0.2)."""
     plugins = dict(config.plugins)
     plugins.setdefault("fault", PluginEntry(
-        module="plugins.engines.fault",
+        module="morpheus_tts.plugins.engines.fault",
         settings={"token_ms": 12.0, "token_delay_ms": 2.4, "first_delay_ms": 50.0},
     ))
     return msgspec.structs.replace(config, plugins=plugins)
@@ -276,7 +275,8 @@ def bench_peers(repeats: int, workdir: Path) -> dict[str, Any]:
     ))
     ports = {"morpheus": free_port(), "piper_http": free_port(), "wyoming": free_port()}
     servers = {
-        "morpheus": ([python, "-m", "api.cli", "--config", str(config), "serve", "--port",
+        "morpheus": ([python, "-m", "morpheus_tts.api.cli", "--config", str(config),
+            "serve", "--port",
                       str(ports["morpheus"]), "--log-level", "warning"],
                      lambda: http_ok(f"http://127.0.0.1:{ports['morpheus']}/health")),
         "piper_http": ([python, "-m", "piper.http_server", "-m", str(model), "--host",

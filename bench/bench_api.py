@@ -35,11 +35,10 @@ import anyio
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from host.config import load_config  # noqa: E402
-from host.runtime import Runtime, SpeakRequest  # noqa: E402
-from tests.conftest import LiveServer  # noqa: E402
+from conftest import LiveServer  # noqa: E402
+from morpheus_tts.host.config import load_config  # noqa: E402
+from morpheus_tts.host.runtime import Runtime, SpeakRequest  # noqa: E402
 
 REPLY = (
     "Thanks for waiting, I looked through the whole order history on your account and found "

@@ -163,7 +163,8 @@ def main() -> None:
     args = parser.parse_args()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "api.cli", "--config", args.config, "serve", "--port",
+    command = [sys.executable, "-m", "morpheus_tts.api.cli", "--config", args.config,
+        "serve", "--port",
                str(port), "--log-level", "warning"]
     with tempfile.TemporaryDirectory() as workdir:
         log = Path(workdir) / "server.log"

@@ -46,11 +46,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from morpheus_tts.host import SynthesisRequest  # noqa: E402
+from morpheus_tts.plugins.codecs.snac import FRAME_SAMPLES, SAMPLE_RATE, SnacCodec, SnacSettings  # noqa: E402
+from morpheus_tts.plugins.engines.orpheus import OrpheusEngine, OrpheusSettings  # noqa: E402
 from orpheus_fixtures import write_snac_dir, write_snac_mlx_dir, write_tiny_orpheus_gguf  # noqa: E402
-
-from host import SynthesisRequest  # noqa: E402
-from plugins.codecs.snac import FRAME_SAMPLES, SAMPLE_RATE, SnacCodec, SnacSettings  # noqa: E402
-from plugins.engines.orpheus import OrpheusEngine, OrpheusSettings  # noqa: E402
 
 REAL_TIME_FRAMES_PER_S = SAMPLE_RATE / FRAME_SAMPLES
 REAL_TIME_TOKENS_PER_S = 7 * REAL_TIME_FRAMES_PER_S
@@ -143,7 +142,7 @@ def main() -> None:
         anyio.run(codec.start)
         report["snac_torch_frames_per_s"] = bench_snac(codec, args.frames, args.repeats)
         if args.mlx:
-            from plugins.codecs.snac_mlx import SnacMlxCodec, SnacMlxSettings
+            from morpheus_tts.plugins.codecs.snac_mlx import SnacMlxCodec, SnacMlxSettings
 
             mlx_dir = write_snac_mlx_dir(Path(tmp) / "snac_mlx", snac_dir)
             mlx_codec = SnacMlxCodec(SnacMlxSettings(model_path=str(mlx_dir)))

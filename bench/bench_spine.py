@@ -23,7 +23,7 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host.runtime import Runtime, SpeakRequest  # noqa: E402
+from morpheus_tts.host.runtime import Runtime, SpeakRequest  # noqa: E402
 
 REPLY = (
     "Thanks for waiting, I looked through the whole order history on your account and found "

@@ -40,11 +40,11 @@ import anyio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from host.config import MorpheusConfig, PluginEntry, ServerSettings  # noqa: E402
-from host.runtime import Runtime, SpeakRequest  # noqa: E402
-from observability import NULL_OBSERVER, Telemetry, UtteranceObserver  # noqa: E402
-from observability.metrics import Metrics  # noqa: E402
-from observability.tracing import configure_tracing  # noqa: E402
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings  # noqa: E402
+from morpheus_tts.host.runtime import Runtime, SpeakRequest  # noqa: E402
+from morpheus_tts.observability import NULL_OBSERVER, Telemetry, UtteranceObserver  # noqa: E402
+from morpheus_tts.observability.metrics import Metrics  # noqa: E402
+from morpheus_tts.observability.tracing import configure_tracing  # noqa: E402
 
 FAULT_TEXT = "One sentence of tones. " * 12
 
@@ -147,9 +147,10 @@ def fault_runtime() -> Runtime:
         MorpheusConfig(
             server=ServerSettings(default_engine="fault"),
             plugins={
-                "fault": PluginEntry(module="plugins.engines.fault", settings={"chunk_ms": 20}),
-                "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-                "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+                "fault": PluginEntry(module="morpheus_tts.plugins.engines.fault",
+                    settings={"chunk_ms": 20}),
+                "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+                "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
             },
         ),
         entry_points=False,

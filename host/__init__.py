@@ -1,23 +1,27 @@
 """The Morpheus plugin host: what plugins and front-ends may import.
 
-Plugins import only from here (`from host import hookimpl, Component, ...`), so a third-party
-plugin has exactly the power of a built-in one.
+Plugins import only from here (`from morpheus_tts.host import hookimpl, Component, ...`), so a
+third-party plugin has exactly the power of a built-in one.
 """
 
-from host.config import ConfigError, MorpheusConfig, load_config
-from host.contracts import (
+from morpheus_tts.host.config import ConfigError, MorpheusConfig, load_config
+from morpheus_tts.host.contracts import (
     Chunker,
     Codec,
     CodecDecoder,
     Component,
     Engine,
     EngineCapabilities,
+    EngineTurn,
+    IncrementalEngine,
     NoSettings,
     Stitcher,
     SynthesisRequest,
+    TurnRequest,
+    VoicePrompts,
 )
-from host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
-from host.hookspecs import hookimpl
+from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
+from morpheus_tts.host.hookspecs import hookimpl
 
 __all__ = [
     "BargeIn",
@@ -28,7 +32,9 @@ __all__ = [
     "ConfigError",
     "Engine",
     "EngineCapabilities",
+    "EngineTurn",
     "Event",
+    "IncrementalEngine",
     "MorpheusConfig",
     "NoSettings",
     "PCMChunk",
@@ -36,6 +42,8 @@ __all__ = [
     "SynthesisRequest",
     "TextDelta",
     "TokenFrames",
+    "TurnRequest",
+    "VoicePrompts",
     "hookimpl",
     "load_config",
 ]

@@ -31,9 +31,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import msgspec
-
-from host.config import Aliases, MorpheusConfig
-from host.registry import LoadedEngine, UnknownComponentError
+from morpheus_tts.host.config import Aliases, MorpheusConfig
+from morpheus_tts.host.registry import LoadedEngine, UnknownComponentError
 
 DEFAULT = "default"
 

@@ -6,6 +6,7 @@ start with the file, the key and the fix named instead of being silently ignored
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -14,6 +15,10 @@ from typing import Any
 import msgspec
 
 CONFIG_ENV = "MORPHEUS_CONFIG"
+BUILTIN_PACKAGE = "morpheus_tts.plugins"
+_LEGACY_PREFIX = "plugins."
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -66,9 +71,14 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     drain_timeout_s: float = 30.0
     config_reload_interval_s: float = 1.0
     admin_key: str | None = None
-    plugin_modules: list[str] = msgspec.field(default_factory=lambda: ["plugins.*"])
+    plugin_modules: list[str] = msgspec.field(
+        default_factory=lambda: ["morpheus_tts.plugins.*"]
+    )
 
     def __post_init__(self) -> None:
+        self.plugin_modules = [
+            upgrade_module_path(pattern, "server.plugin_modules") for pattern in self.plugin_modules
+        ]
         if not self.min_chunk_tokens <= self.first_chunk_tokens <= self.max_chunk_tokens:
             raise ConfigError(
                 "server.first_chunk_tokens must lie between min_chunk_tokens and max_chunk_tokens"
@@ -125,9 +135,9 @@ class Aliases(msgspec.Struct, forbid_unknown_fields=True):
 
 def _builtin_plugins() -> dict[str, PluginEntry]:
     return {
-        "piper": PluginEntry(module="plugins.engines.piper"),
-        "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-        "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+        "piper": PluginEntry(module="morpheus_tts.plugins.engines.piper"),
+        "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+        "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
     }
 
 
@@ -141,11 +151,31 @@ class MorpheusConfig(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         for name, entry in self.plugins.items():
+            if entry.module is not None and entry.module.startswith(_LEGACY_PREFIX):
+                entry.module = upgrade_module_path(entry.module, f"plugins.{name}.module")
             if (entry.module is None) == (entry.entry_point is None):
                 raise ConfigError(
                     f"plugins.{name}: give exactly one of `module = \"package.module\"` or "
                     f"`entry_point = \"name\"`"
                 )
+
+
+def upgrade_module_path(module: str, where: str) -> str:
+    """Rewrite a pre-namespace built-in path (`plugins.engines.piper`) to its `morpheus_tts.`
+    form, with a warning. Kept for one release; other paths pass through unchanged."""
+    if not module.startswith(_LEGACY_PREFIX):
+        return module
+    upgraded = f"morpheus_tts.{module}"
+    log.warning(
+        "deprecated built-in module path",
+        extra={"key": where, "old_path": module, "new_path": upgraded},
+    )
+    return upgraded
+
+
+def is_builtin_module(module: str) -> bool:
+    """Whether `module` is one of the plugins shipped in this distribution."""
+    return module == BUILTIN_PACKAGE or module.startswith(BUILTIN_PACKAGE + ".")
 
 
 _UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]+)`(?: - at `\$(?P<at>.*)`)?")

@@ -129,6 +129,76 @@ class Engine(Protocol):
         """
 
 
+class TurnRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One turn of a turn-shaped engine (`capabilities.incremental_text`).
+
+    Args:
+        session_id: the realtime session the turn belongs to; None for a one-shot utterance
+            (`/v1/audio/speech`), whose state the engine frees on `EngineTurn.close()`.
+        turn: 1, 2, ... within the session (1 for one-shot).
+        voice: a voice from `capabilities.voices` (built-in or added by `add_voice`), or None
+            for the engine's default.
+        options: engine-specific knobs from the request; never session ids or API fields.
+        low_latency: prefer an early first chunk over throughput.
+        user_text: what the user said this turn (context-aware engines condition on it).
+        user_audio: mono float32 of the user's turn, at `user_audio_rate` Hz.
+        user_audio_rate: sample rate of `user_audio`.
+    """
+
+    session_id: str | None
+    turn: int
+    voice: str | None
+    options: dict[str, Any] = {}
+    low_latency: bool = False
+    user_text: str | None = None
+    user_audio: np.ndarray | None = None
+    user_audio_rate: int | None = None
+
+
+class EngineTurn(Protocol):
+    """One open turn. Every iterator is *sync*: each `next()` is one blocking step that the host
+    runs in a worker thread behind the engine's capacity limiter, so the event loop never stalls
+    and cancellation is noticed between steps. Iterators yield what `Engine.synthesize` yields:
+    float32 samples (pcm engines) or int frames shaped (frames, codebooks) (token engines).
+    """
+
+    def push_text(self, delta: str) -> Iterator[np.ndarray]:
+        """Add a text delta (any size, even part of a word); yield the output now due."""
+
+    def end_text(self) -> Iterator[np.ndarray]:
+        """No more text this turn: yield the rest, up to the engine's own end."""
+
+    def interrupt(self, heard: int) -> None:
+        """Barge-in, called between steps: end the turn now, keeping in the session's context
+        its first `heard` units of output (frames for token engines, samples for pcm engines);
+        drop everything else."""
+
+    def close(self) -> None:
+        """The turn is over (normally or after `interrupt`); idempotent."""
+
+
+@runtime_checkable
+class IncrementalEngine(Engine, Protocol):
+    """A turn-shaped engine: text deltas go straight in, state survives a session's turns."""
+
+    def open_turn(self, request: TurnRequest) -> EngineTurn:
+        """Open a turn. Cheap and non-blocking: heavy work happens in the first step."""
+
+    def end_session(self, session_id: str) -> None:
+        """The session ended (deleted or expired): free its state. Called once."""
+
+
+@runtime_checkable
+class VoicePrompts(Protocol):
+    """An engine that clones voices (`capabilities.voice_cloning`)."""
+
+    def add_voice(self, name: str, audio: np.ndarray, sample_rate: int) -> None:
+        """Register `name` from a reference recording (mono float32); encoded once."""
+
+    def remove_voice(self, name: str) -> None:
+        """Forget a voice added by `add_voice`."""
+
+
 class CodecDecoder(Protocol):
     """One stream's decoder state: every output sample is emitted exactly once."""
 

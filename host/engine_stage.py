@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING
 import anyio
 import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-
-from host.contracts import EngineCapabilities, SynthesisRequest
-from host.events import PCMChunk, TextDelta, TokenFrames
-from host.failover import Candidate, FailoverPolicy, SegmentLog
-from host.rate import RateController
+from morpheus_tts.host.contracts import EngineCapabilities, SynthesisRequest
+from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
+from morpheus_tts.host.failover import Candidate, FailoverPolicy, SegmentLog
+from morpheus_tts.host.rate import RateController
 
 if TYPE_CHECKING:
-    from host.pipeline import Utterance, UtteranceSpec
+    from morpheus_tts.host.pipeline import Utterance, UtteranceSpec
 
 MAX_PAUSE_S = 0.25  # re-check the playback model at least this often while paused
 

@@ -31,11 +31,10 @@ import anyio.lowlevel
 import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream
-
-from host.contracts import SynthesisRequest
-from host.events import TextDelta
-from host.rate import first_words
-from host.registry import LoadedEngine
+from morpheus_tts.host.contracts import SynthesisRequest
+from morpheus_tts.host.events import TextDelta
+from morpheus_tts.host.rate import first_words
+from morpheus_tts.host.registry import LoadedEngine
 
 log = logging.getLogger(__name__)
 

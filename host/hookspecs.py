@@ -3,7 +3,7 @@
 One hook per plugin kind. Each returns the components a plugin offers; a plugin module
 implements only the hooks it needs::
 
-    from host import Component, hookimpl
+    from morpheus_tts.host import Component, hookimpl
 
     @hookimpl
     def morpheus_engines() -> list[Component]:
@@ -15,8 +15,7 @@ Every hook is documented in docs/plugins.md; tests/test_hookspecs.py fails when 
 from __future__ import annotations
 
 import pluggy
-
-from host.contracts import Component
+from morpheus_tts.host.contracts import Component
 
 PROJECT = "morpheus"
 hookspec = pluggy.HookspecMarker(PROJECT)

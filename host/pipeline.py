@@ -31,18 +31,17 @@ import anyio
 import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-
-from host.contracts import Chunker, Codec, Stitcher
-from host.engine_stage import engine_stage
-from host.events import PCMChunk, TextDelta, TokenFrames
-from host.failover import Candidate
-from host.rate import RateController, RateSettings
-from host.registry import LoadedEngine
-from host.speed import SegmentStretcher
-from observability import NULL_OBSERVER
+from morpheus_tts.host.contracts import Chunker, Codec, Stitcher
+from morpheus_tts.host.engine_stage import engine_stage
+from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
+from morpheus_tts.host.failover import Candidate
+from morpheus_tts.host.rate import RateController, RateSettings
+from morpheus_tts.host.registry import LoadedEngine
+from morpheus_tts.host.speed import SegmentStretcher
+from morpheus_tts.observability import NULL_OBSERVER
 
 if TYPE_CHECKING:
-    from observability import Outcome, UtteranceObserver, UtteranceProbe
+    from morpheus_tts.observability import Outcome, UtteranceObserver, UtteranceProbe
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

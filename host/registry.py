@@ -20,10 +20,15 @@ from typing import Any, Literal
 import anyio
 import msgspec
 import pluggy
-
-from host import hookspecs
-from host.config import ConfigError, MorpheusConfig, PluginEntry, convert_settings
-from host.contracts import Chunker, Codec, Component, Engine, Kind, Stitcher
+from morpheus_tts.host import hookspecs
+from morpheus_tts.host.config import (
+    ConfigError,
+    MorpheusConfig,
+    PluginEntry,
+    convert_settings,
+    is_builtin_module,
+)
+from morpheus_tts.host.contracts import Chunker, Codec, Component, Engine, Kind, Stitcher
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +213,7 @@ class Registry:
         importlib.invalidate_caches()  # a distribution installed since start must be found
         if entry.module is not None:
             module = importlib.import_module(entry.module)
-            if entry.module.startswith("plugins."):
+            if is_builtin_module(entry.module):
                 return module, _own_version(), "built-in"
             return module, None, "plugins.toml"
         eps = self.installed_entry_points() or {
@@ -329,7 +334,7 @@ class Registry:
 
 def _source(entry: PluginEntry) -> str:
     if entry.module is not None:
-        return "built-in" if entry.module.startswith("plugins.") else "plugins.toml"
+        return "built-in" if is_builtin_module(entry.module) else "plugins.toml"
     return "entry point"
 
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import anyio
 import msgspec
-
-from host.config import (
+from morpheus_tts.host.config import (
     ConfigError,
     MorpheusConfig,
     PluginEntry,
@@ -24,15 +23,15 @@ from host.config import (
     convert_settings,
     load_config,
 )
-from host.failover import Candidate
-from host.pipeline import Utterance, UtteranceSpec, open_utterance
-from host.rate import RateSettings
-from host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
-from host.speed import MAX_SPEED, MIN_SPEED
-from host.streams import AudioStream, StreamHost
-from observability import NULL_OBSERVER, UtteranceObserver
-from observability.logs import current_request_id
-from observability.tracing import carrier_from_traceparent, current_carrier
+from morpheus_tts.host.failover import Candidate
+from morpheus_tts.host.pipeline import Utterance, UtteranceSpec, open_utterance
+from morpheus_tts.host.rate import RateSettings
+from morpheus_tts.host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
+from morpheus_tts.host.speed import MAX_SPEED, MIN_SPEED
+from morpheus_tts.host.streams import AudioStream, StreamHost
+from morpheus_tts.observability import NULL_OBSERVER, UtteranceObserver
+from morpheus_tts.observability.logs import current_request_id
+from morpheus_tts.observability.tracing import carrier_from_traceparent, current_carrier
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,8 @@ from collections.abc import Awaitable, Callable
 
 import anyio
 import msgspec
-
-from host.runtime import Runtime, SpeakRequest
-from host.sessions import Session, SessionError
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.host.sessions import Session, SessionError
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,10 @@ from typing import Any, Literal
 
 import anyio
 import numpy as np
-
-from host.failover import DegradedWatch
-from host.registry import EngineUnloadedError, UnknownComponentError
-from host.runtime import Runtime, SpeakRequest
-from host.session_events import (
+from morpheus_tts.host.failover import DegradedWatch
+from morpheus_tts.host.registry import EngineUnloadedError, UnknownComponentError
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.host.session_events import (
     AudioDelta,
     EventQueue,
     Lease,

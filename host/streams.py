@@ -16,9 +16,8 @@ from typing import Any
 
 import anyio
 from anyio.abc import ObjectReceiveStream, TaskGroup
-
-from host.events import PCMChunk
-from host.pipeline import Utterance, UtteranceStats
+from morpheus_tts.host.events import PCMChunk
+from morpheus_tts.host.pipeline import Utterance, UtteranceStats
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup

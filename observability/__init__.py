@@ -21,17 +21,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-
-from observability.logs import REQUEST_ID
-from observability.metrics import Metrics, default_metrics
-from observability.tracing import TRACER_NAME, UtteranceSpans, attach, detach
+from morpheus_tts.observability.logs import REQUEST_ID
+from morpheus_tts.observability.metrics import Metrics, default_metrics
+from morpheus_tts.observability.tracing import TRACER_NAME, UtteranceSpans, attach, detach
 
 if TYPE_CHECKING:
+    from morpheus_tts.host.events import PCMChunk
+    from morpheus_tts.host.pipeline import UtteranceSpec, UtteranceStats
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.trace import SpanContext
-
-    from host.events import PCMChunk
-    from host.pipeline import UtteranceSpec, UtteranceStats
 
 __all__ = [
     "NULL_OBSERVER",

@@ -21,7 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from host.runtime import Runtime
+    from morpheus_tts.host.runtime import Runtime
 
 NAMESPACE = "morpheus"
 
@@ -118,7 +118,7 @@ class RuntimeCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         """Yield `morpheus_plugin_state` (one 0/1 series per state) and `morpheus_sessions`."""
-        from host.registry import State
+        from morpheus_tts.host.registry import State
 
         states = GaugeMetricFamily(
             f"{NAMESPACE}_plugin_state",

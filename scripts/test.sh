@@ -14,4 +14,6 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
   -e ".[test,orpheus,orpheus-mlx]"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
-python -m pytest -q "$@"
+# pytest through its console script: the repo root stays off sys.path, so tests import the
+# installed `morpheus_tts` package, never the folders beside them.
+.venv/bin/pytest -q "$@"

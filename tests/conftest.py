@@ -69,15 +69,16 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 
 def fault_runtime(**settings: object):
     """A Runtime whose default engine is the scripted `fault` engine with these settings."""
-    from host.config import MorpheusConfig, PluginEntry, ServerSettings
-    from host.runtime import Runtime
+    from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+    from morpheus_tts.host.runtime import Runtime
 
     config = MorpheusConfig(
         server=ServerSettings(default_engine="fault"),
         plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+            "fault": PluginEntry(module="morpheus_tts.plugins.engines.fault",
+                settings=dict(settings)),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
         },
     )
     return Runtime(config, entry_points=False)
@@ -100,7 +101,7 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = config.with_suffix(".log")
         command = [
-            sys.executable, "-m", "api.cli", "--config", str(config),
+            sys.executable, "-m", "morpheus_tts.api.cli", "--config", str(config),
             "serve", "--port", str(self.port), "--log-level", "warning",
         ]
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()

@@ -6,10 +6,9 @@ from types import SimpleNamespace
 
 import msgspec
 import pytest
-
-from host.aliases import AliasResolver
-from host.config import Aliases, MorpheusConfig, ServerSettings
-from host.registry import UnknownComponentError
+from morpheus_tts.host.aliases import AliasResolver
+from morpheus_tts.host.config import Aliases, MorpheusConfig, ServerSettings
+from morpheus_tts.host.registry import UnknownComponentError
 
 
 def engine(*voices: str) -> SimpleNamespace:

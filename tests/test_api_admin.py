@@ -18,9 +18,8 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import LiveServer, start_live_server
 from httpx_sse import connect_sse
-
-from tests.conftest import LiveServer, start_live_server
 
 DIST = "morpheus-test-echo"
 VERSION = "0.3.1"
@@ -49,7 +48,7 @@ import time
 import msgspec
 import numpy as np
 
-from host import Component, EngineCapabilities, hookimpl
+from morpheus_tts.host import Component, EngineCapabilities, hookimpl
 
 
 class EchoSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
@@ -91,11 +90,11 @@ plugin_modules = ["plugins.*", "morpheus_test_echo.*"]
 drain_timeout_s = 30.0
 config_reload_interval_s = 0.1
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 """
 
 KEY = "s3cret-admin-key"
@@ -202,7 +201,7 @@ def test_entry_point_plugin_loads_lists_speaks_and_unloads(
 def test_builtin_plugins_say_where_they_came_from(client: httpx.Client) -> None:
     fault = plugins(client)["fault"]
     assert (fault["source"], fault["kind"], fault["state"]) == ("built-in", "engine", "loaded")
-    assert fault["module"] == "plugins.engines.fault"
+    assert fault["module"] == "morpheus_tts.plugins.engines.fault"
 
 
 def test_module_outside_the_allow_list_is_403(client: httpx.Client) -> None:
@@ -236,8 +235,8 @@ def test_plugin_failing_on_import_is_reported_and_harms_nothing(client: httpx.Cl
         ({"name": "x", "module": "plugins.a", "entry_point": "a"}, 400, "module"),
         ({"name": "../x", "entry_point": "echo"}, 400, "name"),
         ({"name": "x", "entry_point": "nope"}, 422, "entry_point"),
-        ({"name": "fault", "module": "plugins.engines.fault"}, 409, "name"),
-        ({"module": "plugins.engines.fault"}, 400, "name"),
+        ({"name": "fault", "module": "morpheus_tts.plugins.engines.fault"}, 409, "name"),
+        ({"module": "morpheus_tts.plugins.engines.fault"}, 400, "name"),
     ],
 )
 def test_bad_plugin_loads_are_refused_naming_the_field(
@@ -429,7 +428,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 @pytest.mark.parametrize(
     ("method", "path", "body"),
     [
-        ("POST", "/plugins", {"name": "x", "module": "plugins.engines.fault"}),
+        ("POST", "/plugins", {"name": "x", "module": "morpheus_tts.plugins.engines.fault"}),
         ("DELETE", "/plugins/fault", None),
         ("POST", "/config", {"tts_backend": "fault"}),
     ],
@@ -463,9 +462,9 @@ def test_reads_stay_open_with_an_admin_key(guarded: LiveServer) -> None:
 
 
 def test_admin_key_can_come_from_plugins_toml(monkeypatch: pytest.MonkeyPatch) -> None:
-    from api.admin import admin_key
-    from host.config import MorpheusConfig, ServerSettings
-    from host.runtime import Runtime
+    from morpheus_tts.api.admin import admin_key
+    from morpheus_tts.host.config import MorpheusConfig, ServerSettings
+    from morpheus_tts.host.runtime import Runtime
 
     monkeypatch.delenv("MORPHEUS_ADMIN_KEY", raising=False)
     runtime = Runtime(MorpheusConfig(server=ServerSettings(admin_key="from-file")))

@@ -12,9 +12,8 @@ import av
 import httpx
 import numpy as np
 import pytest
-
-from api.legacy import OutputStore
-from tests.conftest import LiveServer, word_error_rate
+from conftest import LiveServer, word_error_rate
+from morpheus_tts.api.legacy import OutputStore
 
 SPEAK_TEXT = "Hello world! This is a test."
 SPEECH_TEXT = "Hello world! This is a test of the Orpheus TTS system."

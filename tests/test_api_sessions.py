@@ -17,23 +17,22 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from conftest import LiveServer, start_live_server, word_error_rate
 from httpx_sse import connect_sse
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
-
-from tests.conftest import LiveServer, start_live_server, word_error_rate
 
 CONFIG = """
 [server]
 default_engine = "fault"
 session_idle_timeout_s = {idle}
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 settings = {{ chunk_ms = 50.0, step_delay_ms = 5.0, voices = ["tone", "hum"] }}
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 """
 
 LONG_TEXT = " ".join(["This sentence keeps the tone engine busy for a while."] * 40)

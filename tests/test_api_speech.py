@@ -19,14 +19,13 @@ import httpx
 import numpy as np
 import openai
 import pytest
+from conftest import ROOT, LiveServer, start_live_server, word_error_rate
 from httpx_sse import connect_sse
 from litestar.testing import AsyncTestClient
-
-from api.app import create_app
-from api.encoders import pcm16
-from host.config import load_config
-from host.runtime import Runtime, SpeakRequest
-from tests.conftest import ROOT, LiveServer, start_live_server, word_error_rate
+from morpheus_tts.api.app import create_app
+from morpheus_tts.api.encoders import pcm16
+from morpheus_tts.host.config import load_config
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
@@ -358,12 +357,12 @@ FAULT_CONFIG = """
 [server]
 default_engine = "fault"
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 settings = {{ fail_after = {fail_after}, step_delay_ms = 10, start_delay_ms = {start_ms} }}
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 """
 FAULT_TEXT = "A sentence the fault engine turns into two seconds of tone."
 

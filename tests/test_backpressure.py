@@ -6,10 +6,9 @@ import json
 
 import anyio
 import pytest
-
-from api.app import create_app
-from host.runtime import SpeakRequest
-from tests.conftest import fault_runtime
+from conftest import fault_runtime
+from morpheus_tts.api.app import create_app
+from morpheus_tts.host.runtime import SpeakRequest
 
 pytestmark = pytest.mark.anyio
 

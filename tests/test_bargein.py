@@ -10,11 +10,10 @@ import anyio
 import httpx
 import numpy as np
 import pytest
+from conftest import fault_runtime, start_live_server
 from httpx_sse import connect_sse
-
-from host.runtime import SpeakRequest
-from plugins.engines.fault import pitch_of
-from tests.conftest import fault_runtime, start_live_server
+from morpheus_tts.host.runtime import SpeakRequest
+from morpheus_tts.plugins.engines.fault import pitch_of
 
 pytestmark = pytest.mark.anyio
 
@@ -122,11 +121,11 @@ SESSION_TOML = """
 [server]
 default_engine = "fault"
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 settings = { chunk_ms = 50.0, step_delay_ms = 5.0 }
 """
 

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import msgspec
 import pytest
-
-from host.contracts import Chunker
-from plugins.chunkers.sentence import SentenceChunker, SentenceSettings, morpheus_chunkers
+from morpheus_tts.host.contracts import Chunker
+from morpheus_tts.plugins.chunkers.sentence import (
+    SentenceChunker,
+    SentenceSettings,
+    morpheus_chunkers,
+)
 
 
 def whole(text: str, settings: SentenceSettings | None = None) -> list[str]:

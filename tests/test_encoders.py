@@ -9,8 +9,7 @@ import wave
 import av
 import numpy as np
 import pytest
-
-from api.encoders import (
+from morpheus_tts.api.encoders import (
     CONTENT_TYPES,
     FORMATS,
     UNKNOWN_LENGTH,

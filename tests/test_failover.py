@@ -8,14 +8,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from conftest import LiveServer, start_live_server
 from httpx_sse import connect_sse
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+from morpheus_tts.host.failover import EngineStalledError, SilentEngineError
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.plugins.engines.fault import pitch_of
 from websockets.sync.client import connect as ws_connect
-
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.failover import EngineStalledError, SilentEngineError
-from host.runtime import Runtime, SpeakRequest
-from plugins.engines.fault import pitch_of
-from tests.conftest import LiveServer, start_live_server
 
 pytestmark = pytest.mark.anyio
 
@@ -27,12 +26,13 @@ def chain_runtime(
     primary: dict[str, object], backup: dict[str, object] | None = None, **server: object
 ) -> Runtime:
     plugins = {
-        "fault": PluginEntry(module="plugins.engines.fault", settings=primary),
-        "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-        "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+        "fault": PluginEntry(module="morpheus_tts.plugins.engines.fault", settings=primary),
+        "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+        "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
     }
     if backup is not None:
-        plugins["fault2"] = PluginEntry(module="plugins.engines.fault2", settings=backup)
+        plugins["fault2"] = PluginEntry(module="morpheus_tts.plugins.engines.fault2",
+            settings=backup)
     settings = ServerSettings(
         default_engine="fault", failover=["fault2"] if backup is not None else [], **server
     )
@@ -146,17 +146,17 @@ failover = {failover}
 pace_playback = false
 
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 
 [plugins.{backup}]
-module = "plugins.engines.{backup}"
+module = "morpheus_tts.plugins.engines.{backup}"
 {backup_settings}
 
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 [plugins.fault.settings]
 {primary}
 """

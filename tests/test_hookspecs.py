@@ -5,8 +5,8 @@ from __future__ import annotations
 import inspect
 import re
 
-from host import hookspecs
-from tests.conftest import ROOT
+from conftest import ROOT
+from morpheus_tts.host import hookspecs
 
 
 def hook_names() -> set[str]:

@@ -10,18 +10,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from litestar import Litestar, get
 from litestar.testing import AsyncTestClient
-from opentelemetry.sdk.trace import TracerProvider
-
-from observability.logs import (
+from morpheus_tts.observability.logs import (
     REQUEST_ID,
     ContextFilter,
     JsonFormatter,
     RequestContextMiddleware,
     configure_logging,
 )
-from tests.conftest import ROOT
+from opentelemetry.sdk.trace import TracerProvider
 
 
 @pytest.fixture

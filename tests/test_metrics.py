@@ -8,11 +8,10 @@ import anyio
 import pytest
 from litestar import Litestar
 from litestar.testing import AsyncTestClient
+from morpheus_tts.api.app import create_app
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+from morpheus_tts.host.runtime import SpeakRequest
 from prometheus_client.parser import text_string_to_metric_families
-
-from api.app import create_app
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.runtime import SpeakRequest
 
 pytestmark = pytest.mark.anyio
 
@@ -23,10 +22,11 @@ def config(**fault: object) -> MorpheusConfig:
     return MorpheusConfig(
         server=ServerSettings(default_engine="fault"),
         plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(fault)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
-            "broken": PluginEntry(module="plugins.engines.fault", settings={"no_such": 1}),
+            "fault": PluginEntry(module="morpheus_tts.plugins.engines.fault", settings=dict(fault)),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
+            "broken": PluginEntry(module="morpheus_tts.plugins.engines.fault",
+                settings={"no_such": 1}),
         },
     )
 

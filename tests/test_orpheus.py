@@ -14,27 +14,19 @@ import msgspec
 import numpy as np
 import pytest
 from litestar.testing import AsyncTestClient
-from orpheus_fixtures import (
-    SLIM_SNAC_CONFIG,
-    LlamaServer,
-    free_port,
-    write_snac_dir,
-    write_tiny_orpheus_gguf,
-)
-
-from api.app import create_app
-from host import ConfigError, SynthesisRequest
-from host.config import MorpheusConfig, PluginEntry, ServerSettings, convert_settings
-from host.registry import Registry
-from host.runtime import Runtime, SpeakRequest
-from plugins.engines.orpheus import (
+from morpheus_tts.api.app import create_app
+from morpheus_tts.host import ConfigError, SynthesisRequest
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings, convert_settings
+from morpheus_tts.host.registry import Registry
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.plugins.engines.orpheus import (
     NOT_CONFIGURED,
     ChunkPlan,
     OrpheusEngine,
     OrpheusSettings,
 )
-from plugins.engines.orpheus_remote import RemoteCompletions
-from plugins.engines.orpheus_tokens import (
+from morpheus_tts.plugins.engines.orpheus_remote import RemoteCompletions
+from morpheus_tts.plugins.engines.orpheus_tokens import (
     AUDIO_TOKEN_BASE,
     END_OF_SPEECH,
     LAST_AUDIO_TOKEN,
@@ -47,6 +39,13 @@ from plugins.engines.orpheus_tokens import (
     prompt_ids,
     prompt_text,
     split_audio_token,
+)
+from orpheus_fixtures import (
+    SLIM_SNAC_CONFIG,
+    LlamaServer,
+    free_port,
+    write_snac_dir,
+    write_tiny_orpheus_gguf,
 )
 
 FRAME_SAMPLES = 2048
@@ -281,7 +280,7 @@ def test_low_latency_starts_with_one_then_two_frames() -> None:
 
 def load_failure(settings: dict) -> str:
     registry = Registry(MorpheusConfig(plugins={}), entry_points=False)
-    entry = PluginEntry(module="plugins.engines.orpheus", settings=settings)
+    entry = PluginEntry(module="morpheus_tts.plugins.engines.orpheus", settings=settings)
     record = anyio.run(registry.load, "orpheus", entry)
     assert record.state == "failed"
     assert "orpheus" not in registry.engines
@@ -360,13 +359,13 @@ def orpheus_config(orpheus: dict, snac_dir: Path) -> MorpheusConfig:
     return MorpheusConfig(
         server=ServerSettings(default_engine="orpheus"),
         plugins={
-            "orpheus": PluginEntry(module="plugins.engines.orpheus", settings=orpheus),
+            "orpheus": PluginEntry(module="morpheus_tts.plugins.engines.orpheus", settings=orpheus),
             "snac": PluginEntry(
-                module="plugins.codecs.snac",
+                module="morpheus_tts.plugins.codecs.snac",
                 settings={"model_path": str(snac_dir), "device": "cpu"},
             ),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
         },
     )
 

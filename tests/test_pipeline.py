@@ -7,9 +7,8 @@ import asyncio
 import anyio
 import numpy as np
 import pytest
-
-from host.runtime import Runtime, SpeakRequest
-from tests.conftest import fault_runtime
+from conftest import fault_runtime
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 pytestmark = pytest.mark.anyio
 

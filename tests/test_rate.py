@@ -5,10 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import pytest
-
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.rate import PlaybackBuffer, RateController, RateSettings, RateState, first_words
-from host.runtime import Runtime, SpeakRequest
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+from morpheus_tts.host.rate import (
+    PlaybackBuffer,
+    RateController,
+    RateSettings,
+    RateState,
+    first_words,
+)
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 RATE = 24000
 
@@ -226,10 +231,11 @@ def token_runtime() -> Runtime:
         server=ServerSettings(default_engine="fault"),
         plugins={
             "fault": PluginEntry(
-                module="plugins.engines.fault", settings={"token_ms": 12.0, "token_delay_ms": 1}
+                module="morpheus_tts.plugins.engines.fault",
+                    settings={"token_ms": 12.0, "token_delay_ms": 1}
             ),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
         },
     )
     return Runtime(config, entry_points=False)

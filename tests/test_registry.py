@@ -8,15 +8,14 @@ import weakref
 from pathlib import Path
 
 import pytest
-
-from host.config import MorpheusConfig, PluginEntry
-from host.registry import Registry, UnknownComponentError
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry
+from morpheus_tts.host.registry import Registry, UnknownComponentError
 
 pytestmark = pytest.mark.anyio
 
 ENGINE_PLUGIN = '''
 import msgspec, numpy as np
-from host import Component, EngineCapabilities, hookimpl
+from morpheus_tts.host import Component, EngineCapabilities, hookimpl
 
 class Settings(msgspec.Struct, forbid_unknown_fields=True):
     pitch: float = 440.0
@@ -146,7 +145,7 @@ async def test_module_without_hooks_fails_clearly(plugin_dir: Path) -> None:
 
 async def test_disabled_plugins_are_listed_not_loaded() -> None:
     config = MorpheusConfig(
-        plugins={"fault": PluginEntry(module="plugins.engines.fault", enabled=False)}
+        plugins={"fault": PluginEntry(module="morpheus_tts.plugins.engines.fault", enabled=False)}
     )
     registry = Registry(config, entry_points=False)
     await registry.load_all()

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from tests.conftest import ROOT, word_error_rate
+from conftest import ROOT, word_error_rate
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. "
@@ -22,7 +21,7 @@ TEXT = (
 
 def morpheus(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "api.cli", *args],
+        [sys.executable, "-m", "morpheus_tts.api.cli", *args],
         cwd=ROOT, input=stdin, capture_output=True, timeout=120,
     )
 
@@ -135,7 +134,7 @@ def test_broken_plugins_toml_names_file_key_and_fix(tmp_path: Path) -> None:
 def test_bad_plugin_setting_names_the_key(tmp_path: Path) -> None:
     config = tmp_path / "plugins.toml"
     config.write_text(
-        '[plugins.piper]\nmodule = "plugins.engines.piper"\n'
+        '[plugins.piper]\nmodule = "morpheus_tts.plugins.engines.piper"\n'
         '[plugins.piper.settings]\nvoice = "bundled"\nlenght_scale = 1.2\n'
     )
     result = morpheus("--config", str(config), "plugins")
@@ -151,7 +150,7 @@ def test_plugins_lists_kind_source_version_and_state(tmp_path: Path) -> None:
         (ROOT / "plugins.toml").read_text() + '\n[plugins.broken]\nmodule = "broken_plugin"\n'
     )
     result = subprocess.run(
-        [sys.executable, "-m", "api.cli", "--config", str(config), "plugins"],
+        [sys.executable, "-m", "morpheus_tts.api.cli", "--config", str(config), "plugins"],
         cwd=ROOT, capture_output=True, timeout=120,
         env={**__import__("os").environ, "PYTHONPATH": f"{tmp_path}:{ROOT}"},
     )

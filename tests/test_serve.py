@@ -6,19 +6,18 @@ import time
 from pathlib import Path
 
 import httpx
-
-from tests.conftest import LiveServer
+from conftest import LiveServer
 
 CONFIG = """
 [server]
 default_engine = "fault"
 [plugins.fault]
-module = "plugins.engines.fault"
+module = "morpheus_tts.plugins.engines.fault"
 settings = { start_delay_ms = 4000 }
 [plugins.sentence]
-module = "plugins.chunkers.sentence"
+module = "morpheus_tts.plugins.chunkers.sentence"
 [plugins.crossfade]
-module = "plugins.stitchers.crossfade"
+module = "morpheus_tts.plugins.stitchers.crossfade"
 """
 
 
@@ -46,7 +45,7 @@ def test_health_is_503_while_loading_then_200(tmp_path: Path) -> None:
 
 
 def test_server_binds_loopback_by_default() -> None:
-    from api.cli import build_parser
+    from morpheus_tts.api.cli import build_parser
 
     args = build_parser().parse_args(["serve"])
     assert (args.host, args.port) == ("127.0.0.1", 5005)

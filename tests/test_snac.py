@@ -8,11 +8,9 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
-from orpheus_fixtures import SLIM_SNAC_CONFIG, write_snac_dir, write_snac_mlx_dir
-
-from host.config import MorpheusConfig, PluginEntry
-from host.registry import Registry
-from plugins.codecs.snac import (
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry
+from morpheus_tts.host.registry import Registry
+from morpheus_tts.plugins.codecs.snac import (
     CONTEXT_FRAMES,
     FRAME_SAMPLES,
     HOP,
@@ -22,8 +20,9 @@ from plugins.codecs.snac import (
     frames_to_levels,
     levels_to_frames,
 )
-from plugins.codecs.snac_mlx import SnacMlxCodec, SnacMlxSettings
-from plugins.engines.orpheus import ChunkPlan
+from morpheus_tts.plugins.codecs.snac_mlx import SnacMlxCodec, SnacMlxSettings
+from morpheus_tts.plugins.engines.orpheus import ChunkPlan
+from orpheus_fixtures import SLIM_SNAC_CONFIG, write_snac_dir, write_snac_mlx_dir
 
 TOLERANCE = 1e-4
 FRAMES = 9
@@ -118,8 +117,10 @@ def test_a_snac_other_than_24khz_is_refused(tmp_path: Path) -> None:
 
 def test_the_registry_loads_the_codec_and_records_a_bad_path(snac_dir: Path, tmp_path: Path):
     registry = Registry(MorpheusConfig(plugins={}), entry_points=False)
-    good = PluginEntry(module="plugins.codecs.snac", settings={"model_path": str(snac_dir)})
-    bad = PluginEntry(module="plugins.codecs.snac", settings={"model_path": str(tmp_path)})
+    good = PluginEntry(module="morpheus_tts.plugins.codecs.snac",
+        settings={"model_path": str(snac_dir)})
+    bad = PluginEntry(module="morpheus_tts.plugins.codecs.snac",
+        settings={"model_path": str(tmp_path)})
 
     async def main() -> None:
         assert (await registry.load("snac", good)).state == "loaded"

@@ -6,8 +6,11 @@ import msgspec
 import numpy as np
 import pytest
 import soxr
-
-from plugins.stitchers.crossfade import CrossfadeSettings, CrossfadeStitcher, morpheus_stitchers
+from morpheus_tts.plugins.stitchers.crossfade import (
+    CrossfadeSettings,
+    CrossfadeStitcher,
+    morpheus_stitchers,
+)
 
 OUT_RATE = 24000
 FADE = 240  # samples in the default 10 ms crossfade at 24 kHz

@@ -14,6 +14,13 @@ import anyio
 import grpc
 import pytest
 from litestar.testing import AsyncTestClient
+from morpheus_tts.api.app import create_app
+from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+from morpheus_tts.host.runtime import Runtime, SpeakRequest
+from morpheus_tts.host.session_manager import SessionManager
+from morpheus_tts.observability import Telemetry
+from morpheus_tts.observability.metrics import Metrics
+from morpheus_tts.observability.tracing import configure_tracing
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -25,14 +32,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import CollectorRegistry
 
-from api.app import create_app
-from host.config import MorpheusConfig, PluginEntry, ServerSettings
-from host.runtime import Runtime, SpeakRequest
-from host.session_manager import SessionManager
-from observability import Telemetry
-from observability.metrics import Metrics
-from observability.tracing import configure_tracing
-
 pytestmark = pytest.mark.anyio
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -40,13 +39,14 @@ CLIENT_SPAN = "00f067aa0ba902b7"
 
 
 def fault_config(failover: tuple[str, ...] = (), **settings: object) -> MorpheusConfig:
-    extra = {name: PluginEntry(module=f"plugins.engines.{name}") for name in failover}
+    extra = {name: PluginEntry(module=f"morpheus_tts.plugins.engines.{name}") for name in failover}
     return MorpheusConfig(
         server=ServerSettings(default_engine="fault", failover=list(failover)),
         plugins={
-            "fault": PluginEntry(module="plugins.engines.fault", settings=dict(settings)),
-            "sentence": PluginEntry(module="plugins.chunkers.sentence"),
-            "crossfade": PluginEntry(module="plugins.stitchers.crossfade"),
+            "fault": PluginEntry(module="morpheus_tts.plugins.engines.fault",
+                settings=dict(settings)),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
             **extra,
         },
     )

@@ -19,9 +19,8 @@ import re
 from typing import Annotated
 
 import msgspec
-
-from host.contracts import Component
-from host.hookspecs import hookimpl
+from morpheus_tts.host.contracts import Component
+from morpheus_tts.host.hookspecs import hookimpl
 
 ABBREVIATIONS = frozenset(
     "dr. mr. mrs. ms. prof. sr. jr. st. vs. etc. e.g. i.e. a.m. p.m. u.s. inc. ltd. no. fig. "

@@ -34,8 +34,7 @@ from typing import Any
 import anyio
 import msgspec
 import numpy as np
-
-from host import Component, hookimpl
+from morpheus_tts.host import Component, hookimpl
 
 SAMPLE_RATE = 24000
 HOP = 512

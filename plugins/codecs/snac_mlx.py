@@ -23,9 +23,8 @@ from typing import Any
 import anyio
 import msgspec
 import numpy as np
-
-from host import Component, hookimpl
-from plugins.codecs.snac import (
+from morpheus_tts.host import Component, hookimpl
+from morpheus_tts.plugins.codecs.snac import (
     FRAME_SAMPLES,
     LATENTS_PER_FRAME,
     LOOKAHEAD_SAMPLES,

@@ -15,8 +15,7 @@ from typing import Any
 import anyio
 import msgspec
 import numpy as np
-
-from host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+from morpheus_tts.host import Component, EngineCapabilities, SynthesisRequest, hookimpl
 
 
 class FaultSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):

@@ -6,8 +6,8 @@ the first audio, one after N chunks) needs a second name; everything else is `fa
 
 from __future__ import annotations
 
-from host import Component, hookimpl
-from plugins.engines.fault import component
+from morpheus_tts.host import Component, hookimpl
+from morpheus_tts.plugins.engines.fault import component
 
 
 @hookimpl

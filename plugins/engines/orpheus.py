@@ -27,10 +27,9 @@ from typing import Any, Literal
 import anyio
 import msgspec
 import numpy as np
-
-from host import Component, EngineCapabilities, SynthesisRequest, hookimpl
-from plugins.engines.orpheus_remote import RemoteCompletions
-from plugins.engines.orpheus_tokens import (
+from morpheus_tts.host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+from morpheus_tts.plugins.engines.orpheus_remote import RemoteCompletions
+from morpheus_tts.plugins.engines.orpheus_tokens import (
     END_OF_AI,
     END_OF_TEXT,
     SLOTS,

@@ -12,11 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
-
-from plugins.engines.orpheus_tokens import CustomTokenParser, FrameAssembler, prompt_text
+from morpheus_tts.plugins.engines.orpheus_tokens import (
+    CustomTokenParser,
+    FrameAssembler,
+    prompt_text,
+)
 
 if TYPE_CHECKING:
-    from plugins.engines.orpheus import ChunkPlan, OrpheusSettings, Sampling
+    from morpheus_tts.plugins.engines.orpheus import ChunkPlan, OrpheusSettings, Sampling
 
 
 class RemoteCompletions:

@@ -17,8 +17,7 @@ from typing import Any
 import anyio
 import msgspec
 import numpy as np
-
-from host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+from morpheus_tts.host import Component, EngineCapabilities, SynthesisRequest, hookimpl
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from fractions import Fraction
 import msgspec
 import numpy as np
 import soxr
-
-from host.contracts import Component
-from host.hookspecs import hookimpl
+from morpheus_tts.host.contracts import Component
+from morpheus_tts.host.hookspecs import hookimpl
 
 SOXR_QUALITIES = ("QQ", "LQ", "MQ", "HQ", "VHQ")
 """soxr's quality names, quickest to best."""

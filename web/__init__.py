@@ -1,0 +1,1 @@
+"""The browser UI's static files, served at `/` (read through importlib.resources)."""
