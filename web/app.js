@@ -59,7 +59,7 @@ async function refresh() {
   renderPlugins(plugins.plugins, refresh);
   renderVoices(adapters.adapters);
   describeAdmin(config);
-  $("speak").disabled = engines.length === 0;
+  $("speak").disabled = $("download-server").disabled = engines.length === 0;
   if (engines.length === 0) status("No engine is loaded: load one under Plugins.", true);
 }
 
