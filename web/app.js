@@ -108,7 +108,14 @@ function send(text, final) {
   return ui.sendChain;
 }
 
+/** Start the audio output inside the user's gesture (iOS plays nothing otherwise). */
+function unlockAudio() {
+  const rate = ui.server ? ui.server.config.sample_rate : 24000;
+  player.ensure(rate).catch((error) => status(`Audio output failed: ${error.message}`, true));
+}
+
 async function speak() {
+  unlockAudio();
   const text = $("text").value;
   if ($("type-mode").checked) {
     const rest = text.slice(ui.typedSent.length);
@@ -144,6 +151,7 @@ function onTyped() {
   const end = pending.search(/\s\S*$/);
   if (end < 0) return; // the word being typed is not finished
   const words = pending.slice(0, end + 1);
+  unlockAudio();
   ui.typedSent += words;
   send(words, false);
 }
@@ -280,6 +288,7 @@ async function renderHistory() {
 
 async function replay(entry) {
   stop(false);
+  unlockAudio();
   const samples = toFloat32(new Int16Array(entry.pcm));
   await player.ensure(entry.sampleRate);
   ui.shown = null;

@@ -21,22 +21,30 @@ export class Player extends EventTarget {
   /** Make (or remake) the audio graph at `sampleRate`; call from a user gesture. */
   async ensure(sampleRate) {
     if (this.context && this.context.sampleRate === sampleRate) {
-      if (this.context.state !== "running") await this.context.resume();
+      const resumed = this.context.state === "running" ? null : this.context.resume();
+      await this.ready;
+      if (resumed) await resumed;
       return;
     }
-    if (this.context) await this.context.close();
+    if (this.context) this.context.close();
+    // Created and resumed before any await: iOS only starts audio inside the user's gesture.
     const context = new AudioContext({ sampleRate, latencyHint: "interactive" });
-    await context.audioWorklet.addModule(new URL("./pcm-worklet.js", import.meta.url));
+    const resumed = context.resume();
+    this.context = context;
+    this.node = null;
+    this.ready = (async () => {
+      await context.audioWorklet.addModule(new URL("./pcm-worklet.js", import.meta.url));
+      await resumed;
+    })();
+    await this.ready;
     const node = new AudioWorkletNode(context, "morpheus-pcm-player", {
       numberOfInputs: 0, outputChannelCount: [1],
     });
     node.port.onmessage = (event) => this.onStats(event.data);
     node.port.postMessage({ type: "config", jitterMs: JITTER_MS });
     node.connect(context.destination);
-    this.context = context;
     this.node = node;
     this.stats = { ...this.stats, rendered: 0, underflows: 0, sampleRate };
-    if (context.state !== "running") await context.resume();
   }
 
   get sampleRate() {
