@@ -47,6 +47,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     failover; `barge_in_fade_ms` is the fade a barge-in ends with (0 cuts). See docs/realtime.md.
     `admin_key` (or `$MORPHEUS_ADMIN_KEY`) guards the write
     endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
+    `tracing_ui_url` is where the web UI links trace ids: a URL with `{trace_id}` in it, or a
+    Jaeger base URL (`/trace/<id>` is appended); GET /config shows it.
     """
 
     default_engine: str = "piper"
@@ -71,6 +73,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     drain_timeout_s: float = 30.0
     config_reload_interval_s: float = 1.0
     admin_key: str | None = None
+    tracing_ui_url: str | None = None
     plugin_modules: list[str] = msgspec.field(
         default_factory=lambda: ["morpheus_tts.plugins.*"]
     )

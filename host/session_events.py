@@ -80,6 +80,7 @@ class TurnMetrics(SessionEvent, frozen=True, kw_only=True, tag="metrics"):
     real_time_factor: float | None
     pauses: int
     underflows: int
+    trace_id: str | None = None  # the turn's trace (32 hex digits) while tracing is on
 
 
 class TurnError(SessionEvent, frozen=True, kw_only=True, tag="error"):

@@ -319,6 +319,7 @@ class Session:
             real_time_factor=wall_ms / audio_ms if audio_ms else None,
             pauses=turn.utterance.rate.pauses,
             underflows=turn.utterance.rate.underflows,
+            trace_id=_trace_id(turn.utterance.probe.span_context),
         ))
 
     async def _feed(self, turn: Turn, utterance: Any) -> None:
@@ -368,3 +369,10 @@ def _error_code(exc: BaseException) -> str:
     if isinstance(exc, UnknownComponentError):
         return "engine_unavailable"
     return "synthesis_failed"
+
+
+def _trace_id(span_context: Any) -> str | None:
+    """The W3C trace id of a turn's span context, or None while tracing is off."""
+    if span_context is None or not span_context.is_valid:
+        return None
+    return format(span_context.trace_id, "032x")

@@ -13,6 +13,8 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
   python -m pip install --quiet -c ci/constraints.txt -c ci/orpheus-constraints.txt \
   -e ".[test,orpheus,orpheus-mlx]"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
+# The browser tests (tests/test_web.py) drive Debian's chromium; no browser is downloaded.
+command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }
 
 # pytest through its console script: the repo root stays off sys.path, so tests import the
 # installed `morpheus_tts` package, never the folders beside them.
