@@ -11,7 +11,6 @@ Changes apply to new requests at once; nothing is written back to plugins.toml.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 from fnmatch import fnmatchcase
 from typing import Any
@@ -23,7 +22,7 @@ from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value
-from morpheus_tts.host.config import ConfigError, PluginEntry
+from morpheus_tts.host.config import ConfigError, PluginEntry, read_environment
 from morpheus_tts.host.registry import PluginRecord, Registry, UnknownComponentError
 from morpheus_tts.host.runtime import Runtime
 
@@ -33,7 +32,7 @@ PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def admin_key(runtime: Runtime) -> str | None:
     """The configured admin key: the environment wins over plugins.toml."""
-    return os.environ.get(ADMIN_KEY_ENV) or runtime.config.server.admin_key
+    return read_environment().admin_key or runtime.config.server.admin_key
 
 
 def require_admin_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:

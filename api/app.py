@@ -15,7 +15,7 @@ from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from morpheus_tts.api import admin, legacy, realtime, sessions, speech
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
-from morpheus_tts.host.config import MorpheusConfig, load_config
+from morpheus_tts.host.config import MorpheusConfig, load_config, read_environment
 from morpheus_tts.host.runtime import Runtime
 from morpheus_tts.host.session_manager import SessionManager
 from morpheus_tts.observability import Telemetry
@@ -51,6 +51,7 @@ def create_app(
     """Build the app. Plugins load in the lifespan, so the port opens at once and `/health`
     answers 503 until the default engine is warm. Traces go to `tracer_provider`, else to the
     one the `OTEL_*` variables describe (none: tracing off); `/metrics` serves Prometheus."""
+    read_environment()  # a malformed MORPHEUS_* variable fails the start, not a request
     runtime = runtime or Runtime(config if config is not None else load_config())
     session_manager = SessionManager(runtime)
     provider = tracer_provider or configure_tracing()

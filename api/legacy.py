@@ -12,7 +12,6 @@ temp directory). Files get unique names (a uuid) and only the newest `$MORPHEUS_
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -34,6 +33,7 @@ from morpheus_tts.api.schemas import (
 )
 from morpheus_tts.api.speech import audio_headers, resolve
 from morpheus_tts.api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
+from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 OUTPUTS_DIR_ENV = "MORPHEUS_OUTPUTS_DIR"
@@ -60,8 +60,8 @@ class OutputStore:
     def from_env(cls) -> OutputStore:
         """The store `$MORPHEUS_OUTPUTS_DIR` and `$MORPHEUS_OUTPUTS_KEEP` describe."""
         default = Path(tempfile.gettempdir()) / "morpheus-outputs"
-        directory = Path(os.environ.get(OUTPUTS_DIR_ENV) or default)
-        return cls(directory, int(os.environ.get(OUTPUTS_KEEP_ENV) or DEFAULT_KEEP))
+        env = read_environment()
+        return cls(Path(env.outputs_dir or default), env.outputs_keep)
 
     def path(self, name: str) -> Path | None:
         """The file called `name`, if it is one of ours and still exists."""

@@ -12,7 +12,6 @@ import functools
 import gc
 import importlib
 import logging
-import os
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Literal
@@ -27,8 +26,10 @@ from morpheus_tts.host.config import (
     PluginEntry,
     convert_settings,
     is_builtin_module,
+    read_environment,
 )
 from morpheus_tts.host.contracts import Chunker, Codec, Component, Engine, Kind, Stitcher
+from morpheus_tts.host.errors import MorpheusError
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ NO_ENTRY_POINTS_ENV = "MORPHEUS_NO_ENTRY_POINTS"
 State = Literal["loaded", "failed", "disabled", "draining"]
 
 
-class UnknownComponentError(LookupError):
+class UnknownComponentError(MorpheusError, LookupError):
     """A request named an engine, voice, chunker or stitcher that is not loaded."""
 
     def __init__(self, kind: str, name: str, available: list[str], where: str = "") -> None:
@@ -47,7 +48,7 @@ class UnknownComponentError(LookupError):
         super().__init__(f"unknown {kind} {name!r}{where}; available: {listing}")
 
 
-class EngineUnloadedError(RuntimeError):
+class EngineUnloadedError(MorpheusError, RuntimeError):
     """The engine was unloaded while an utterance was still using it."""
 
 
@@ -116,7 +117,7 @@ class Registry:
     def __init__(self, config: MorpheusConfig, *, entry_points: bool | None = None) -> None:
         self.config = config
         self.entry_points = (
-            not os.environ.get(NO_ENTRY_POINTS_ENV) if entry_points is None else entry_points
+            not read_environment().no_entry_points if entry_points is None else entry_points
         )
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
