@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import anyio
 from litestar import Litestar, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from morpheus_tts.api import admin, legacy, realtime, sessions, speech
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
+from morpheus_tts.api.openapi import openapi_config, viewer_assets
 from morpheus_tts.host.config import MorpheusConfig, load_config, read_environment
 from morpheus_tts.host.runtime import Runtime
 from morpheus_tts.host.session_manager import SessionManager
@@ -40,6 +40,13 @@ def health(state: State) -> Response[dict]:
     body = {"status": "ok" if ready else "starting", "default_engine": engine}
     body["active_streams"] = sum(e.open_utterances for e in runtime.registry.engines.values())
     return Response(body, status_code=200 if ready else 503)
+
+
+def _own_version() -> str:
+    try:
+        return metadata.version("morpheus-tts")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def create_app(
@@ -74,6 +81,7 @@ def create_app(
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
             *admin.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
+            viewer_assets(),
             create_static_files_router(
                 path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False
             ),
@@ -84,5 +92,5 @@ def create_app(
         plugins=[litestar_plugin(provider)] if provider else [],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "sessions": session_manager}),
-        openapi_config=OpenAPIConfig(title="Morpheus", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("Morpheus", _own_version()),
     )
