@@ -282,6 +282,7 @@ class Runtime:
             except (OSError, ConfigError) as exc:
                 self._refuse(str(exc))
                 return False
+            self.registry.config = new  # entries are named against the new file's tables
             await self._apply_plugins(new.plugins)
             self._file_bytes, self.config_error = data, None
             self._set_config(new)

@@ -158,3 +158,14 @@ def wait_for(check: Callable[[], Any], timeout_s: float = 20.0) -> Any:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.05)
     return value
+
+
+async def test_an_edit_naming_the_fault_module_twice_gives_each_entry_its_engine(
+    runtime: Runtime,
+) -> None:
+    second = '[plugins.fault2]\nmodule = "morpheus_tts.plugins.engines.fault"\n'
+    edit(runtime, GOOD.replace('default_engine = "fault"', 'default_engine = "fault2"') + second)
+    assert await runtime.reload_config() is True, runtime.config_error
+    assert sorted(runtime.registry.engines) == ["fault", "fault2"]
+    assert runtime.default_engine == "fault2"
+    assert await spoken_samples(runtime) > 0
