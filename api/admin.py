@@ -11,7 +11,6 @@ Changes apply to new requests at once; nothing is written back to plugins.toml.
 from __future__ import annotations
 
 import hmac
-import os
 import re
 from fnmatch import fnmatchcase
 from typing import Any
@@ -23,7 +22,8 @@ from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
 from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value
-from morpheus_tts.host.config import ConfigError, PluginEntry
+from morpheus_tts.api.openapi import documented, error_responses
+from morpheus_tts.host.config import ConfigError, PluginEntry, read_environment
 from morpheus_tts.host.registry import PluginRecord, Registry, UnknownComponentError
 from morpheus_tts.host.runtime import Runtime
 
@@ -33,7 +33,7 @@ PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 def admin_key(runtime: Runtime) -> str | None:
     """The configured admin key: the environment wins over plugins.toml."""
-    return os.environ.get(ADMIN_KEY_ENV) or runtime.config.server.admin_key
+    return read_environment().admin_key or runtime.config.server.admin_key
 
 
 def require_admin_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -107,7 +107,10 @@ def list_plugins(state: State) -> dict[str, Any]:
     return {"plugins": [plugin_json(r, registry) for r in registry.records.values()]}
 
 
-@post("/plugins", guards=[require_admin_key], status_code=201)
+@post(
+    "/plugins", guards=[require_admin_key], status_code=201,
+    operation_class=documented(PluginLoad), responses=error_responses(400, 401, 403, 409, 422),
+)
 async def load_plugin(request: Request, state: State) -> dict[str, Any]:
     """Load a plugin now: `{name, module | entry_point, settings}`."""
     body = decode_body(await request.body(), PluginLoad)
@@ -154,7 +157,10 @@ async def load_plugin(request: Request, state: State) -> dict[str, Any]:
     return plugin_json(record, runtime.registry)
 
 
-@delete("/plugins/{name:str}", guards=[require_admin_key], status_code=200)
+@delete(
+    "/plugins/{name:str}", guards=[require_admin_key], status_code=200,
+    responses=error_responses(401, 404),
+)
 async def unload_plugin(
     state: State, name: FromPath[str], drain: FromQuery[bool] = False
 ) -> dict[str, Any]:
@@ -241,7 +247,10 @@ def get_config(state: State) -> dict[str, Any]:
     return config_json(_runtime(state))
 
 
-@post("/config", guards=[require_admin_key], status_code=200)
+@post(
+    "/config", guards=[require_admin_key], status_code=200,
+    operation_class=documented(ConfigUpdate), responses=error_responses(400, 401),
+)
 async def update_config(request: Request, state: State) -> dict[str, Any]:
     """Change settings for new requests at once (`{"tts_backend": "piper"}` switches engine)."""
     body = decode_body(await request.body(), ConfigUpdate)

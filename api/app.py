@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 import anyio
 from litestar import Litestar, get
 from litestar.datastructures import State
-from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
 from morpheus_tts.api import admin, legacy, realtime, sessions, speech
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
-from morpheus_tts.host.config import MorpheusConfig, load_config
+from morpheus_tts.api.openapi import openapi_config, viewer_assets
+from morpheus_tts.host.config import MorpheusConfig, load_config, read_environment
 from morpheus_tts.host.runtime import Runtime
 from morpheus_tts.host.session_manager import SessionManager
 from morpheus_tts.observability import Telemetry
@@ -42,6 +42,13 @@ def health(state: State) -> Response[dict]:
     return Response(body, status_code=200 if ready else 503)
 
 
+def _own_version() -> str:
+    try:
+        return metadata.version("morpheus-tts")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
 def create_app(
     config: MorpheusConfig | None = None,
     *,
@@ -51,6 +58,7 @@ def create_app(
     """Build the app. Plugins load in the lifespan, so the port opens at once and `/health`
     answers 503 until the default engine is warm. Traces go to `tracer_provider`, else to the
     one the `OTEL_*` variables describe (none: tracing off); `/metrics` serves Prometheus."""
+    read_environment()  # a malformed MORPHEUS_* variable fails the start, not a request
     runtime = runtime or Runtime(config if config is not None else load_config())
     session_manager = SessionManager(runtime)
     provider = tracer_provider or configure_tracing()
@@ -73,6 +81,7 @@ def create_app(
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
             *admin.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
+            viewer_assets(),
             create_static_files_router(
                 path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False
             ),
@@ -83,5 +92,5 @@ def create_app(
         plugins=[litestar_plugin(provider)] if provider else [],
         lifespan=[lifespan],
         state=State({"runtime": runtime, "sessions": session_manager}),
-        openapi_config=OpenAPIConfig(title="Morpheus", version="0.1.0", path="/schema"),
+        openapi_config=openapi_config("Morpheus", _own_version()),
     )

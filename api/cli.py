@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -12,6 +14,7 @@ import anyio
 import msgspec
 from morpheus_tts.api.encoders import pcm16, wav_header
 from morpheus_tts.host.config import ConfigError, MorpheusConfig, PluginEntry, load_config
+from morpheus_tts.host.pipeline import Utterance
 from morpheus_tts.host.registry import UnknownComponentError
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
 from morpheus_tts.observability.logs import configure_logging, uvicorn_log_config
@@ -22,11 +25,18 @@ DEFAULT_PORT = 5005
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every subcommand."""
+    config_help = "plugins.toml to use (default: $MORPHEUS_CONFIG, else ./plugins.toml)"
     parser = argparse.ArgumentParser(prog="morpheus", description="Realtime text-to-speech.")
-    parser.add_argument("--config", help="plugins.toml to use (default: ./plugins.toml)")
+    parser.add_argument("--config", help=config_help)
+    # `--config` is accepted after the subcommand too (`morpheus serve --config x.toml`);
+    # SUPPRESS keeps a subcommand without it from overwriting the one given before.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    say = sub.add_parser("say", help="speak text into a WAV or PCM file, streaming")
+    say = sub.add_parser(
+        "say", parents=[common], help="speak text into a WAV or PCM file, streaming"
+    )
     say.add_argument("text", nargs="?", help="what to say (or use --file)")
     say.add_argument("-f", "--file", type=Path, help="read the text from this file")
     say.add_argument("-o", "--output", default="-", help="output path, or - for stdout")
@@ -36,13 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     say.add_argument("--voice", help="voice name, or a path to a Piper .onnx voice")
     say.add_argument("--speed", type=float, default=1.0, help="0.25-4.0 (default 1.0)")
 
-    serve = sub.add_parser("serve", help="run the HTTP API")
+    serve = sub.add_parser("serve", parents=[common], help="run the HTTP API")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"bind address ({DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
     serve.add_argument("--log-level", default=None,
                        help="debug, info, warning, error (default: $MORPHEUS_LOG_LEVEL or info)")
 
-    plugins = sub.add_parser("plugins", help="list every plugin the host found")
+    plugins = sub.add_parser("plugins", parents=[common], help="list every plugin the host found")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
@@ -69,6 +79,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except BaseException as exc:
+        if not _is_broken_pipe(exc):
+            raise
+        # The reader went away (`morpheus say ... | head -c 100`): stop quietly, as `cat` does.
+        # stdout points at /dev/null from here so the interpreter's final flush can't complain.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer the pipe stopped
+
+
+def _is_broken_pipe(exc: BaseException) -> bool:
+    """A BrokenPipeError, alone or inside the exception group a task group raised."""
+    if isinstance(exc, BrokenPipeError):
+        return True
+    nested = getattr(exc, "exceptions", None)  # an (exceptiongroup) ExceptionGroup
+    return bool(nested) and all(_is_broken_pipe(inner) for inner in nested)
 
 
 def _say(parser: argparse.ArgumentParser, args: argparse.Namespace, config: MorpheusConfig) -> int:
@@ -79,7 +105,8 @@ def _say(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Morp
     else:
         text = args.text or ""
     if not text.strip():
-        parser.error("nothing to say: the text is empty")
+        # One line (no usage block): the text is the problem, not the command line.
+        raise ValueError("nothing to say: the text is empty")
     voice = args.voice
     if voice and voice.endswith(".onnx"):
         config = _with_piper_voice(config, voice)
@@ -89,12 +116,25 @@ def _say(parser: argparse.ArgumentParser, args: argparse.Namespace, config: Morp
     show_progress = args.file is not None
     if args.output == "-" and sys.stdout.isatty():
         parser.error("refusing to write audio to a terminal; use -o FILE or pipe it")
-    if args.output == "-":
-        anyio.run(_speak_to, config, request, text, sys.stdout.buffer, fmt, show_progress)
-    else:
-        with open(args.output, "wb") as sink:
-            anyio.run(_speak_to, config, request, text, sink, fmt, show_progress)
+    try:
+        anyio.run(_speak_to, config, request, text, args.output, fmt, show_progress)
+    except (ConfigError, UnknownComponentError, ValueError, FileNotFoundError):
+        raise  # the request was refused: main() prints it and exits 2
+    except Exception as exc:
+        if _is_broken_pipe(exc):
+            raise
+        cause = _first_leaf(exc)
+        logging.getLogger(__name__).debug("say failed", exc_info=exc)
+        print(f"morpheus: error: speaking failed: {type(cause).__name__}: {cause}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    """The first exception that is not a group (task groups wrap what their tasks raised)."""
+    while getattr(exc, "exceptions", None):
+        exc = exc.exceptions[0]  # type: ignore[attr-defined]
+    return exc
 
 
 def _with_piper_voice(config: MorpheusConfig, path: str) -> MorpheusConfig:
@@ -110,38 +150,62 @@ async def _speak_to(
     config: MorpheusConfig,
     request: SpeakRequest,
     text: str,
-    sink: BinaryIO,
+    output: str,
     fmt: str,
     show_progress: bool,
 ) -> None:
-    """Synthesize `text` and write it to `sink` chunk by chunk as it is produced."""
+    """Synthesize `text` into `output` (a path, or - for stdout) chunk by chunk as it is made.
+
+    The file is created only once the request is valid, and removed again if speaking fails,
+    so a failed `say` leaves no empty or truncated file behind.
+    """
     runtime = Runtime(config)
     await runtime.start()
     try:
         _raise_if_default_failed(runtime, request)
         # Resolve (and so validate) before the first byte is written.
         opened = runtime.speak(request, text)
-        rate = config.server.sample_rate
-        if fmt == "wav":
-            sink.write(wav_header(rate))
-        data_bytes = 0
-        progress = _progress_bar(len(text)) if show_progress else None
-        async with opened as utterance:
-            async for chunk in utterance.audio:
-                data = pcm16(chunk.samples)
-                sink.write(data)
-                sink.flush()
-                data_bytes += len(data)
-                if progress is not None:
-                    progress.update(utterance.stats.characters_spoken - progress.n)
-        if progress is not None:
-            progress.update(len(text) - progress.n)
-            progress.close()
-        if fmt == "wav" and sink.seekable():
-            sink.seek(0)
-            sink.write(wav_header(rate, data_bytes))
+        if output == "-":
+            await _write_audio(opened, sys.stdout.buffer, config, text, fmt, show_progress)
+            return
+        path = Path(output)
+        try:
+            with open(path, "wb") as sink:  # noqa: ASYNC230 - the CLI runs nothing else
+                await _write_audio(opened, sink, config, text, fmt, show_progress)
+        except BaseException:
+            path.unlink(missing_ok=True)  # noqa: ASYNC240
+            raise
     finally:
         await runtime.close()
+
+
+async def _write_audio(
+    opened: AbstractAsyncContextManager[Utterance],
+    sink: BinaryIO,
+    config: MorpheusConfig,
+    text: str,
+    fmt: str,
+    show_progress: bool,
+) -> None:
+    rate = config.server.sample_rate
+    if fmt == "wav":
+        sink.write(wav_header(rate))
+    data_bytes = 0
+    progress = _progress_bar(len(text)) if show_progress else None
+    async with opened as utterance:
+        async for chunk in utterance.audio:
+            data = pcm16(chunk.samples)
+            sink.write(data)
+            sink.flush()
+            data_bytes += len(data)
+            if progress is not None:
+                progress.update(utterance.stats.characters_spoken - progress.n)
+    if progress is not None:
+        progress.update(len(text) - progress.n)
+        progress.close()
+    if fmt == "wav" and sink.seekable():
+        sink.seek(0)
+        sink.write(wav_header(rate, data_bytes))
 
 
 def _raise_if_default_failed(runtime: Runtime, request: SpeakRequest) -> None:

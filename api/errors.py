@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import os
 import re
 import typing
 from typing import Any, TypeVar
@@ -30,6 +29,8 @@ from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler
+from morpheus_tts.host.config import read_environment
+from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.registry import UnknownComponentError
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ _TYPE_BY_STATUS = {
 }
 
 
-class OpenAIError(Exception):
+class OpenAIError(MorpheusError):
     """An error answered as OpenAI's envelope.
 
     Args:
@@ -245,7 +246,7 @@ def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
 
     With the variable unset the API is open (any key the SDK sends is accepted).
     """
-    expected = os.environ.get(API_KEY_ENV)
+    expected = read_environment().api_key
     if not expected:
         return
     scheme, _, given = connection.headers.get("authorization", "").partition(" ")

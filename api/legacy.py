@@ -12,7 +12,6 @@ temp directory). Files get unique names (a uuid) and only the newest `$MORPHEUS_
 
 from __future__ import annotations
 
-import os
 import re
 import tempfile
 import time
@@ -26,6 +25,7 @@ from litestar.params import FromPath
 from litestar.response import File, Response, Stream
 from morpheus_tts.api.encoders import CONTENT_TYPES, pcm16, wav_header
 from morpheus_tts.api.errors import OpenAIError, decode_body, require_api_key
+from morpheus_tts.api.openapi import binary, documented, error_responses, json_schema
 from morpheus_tts.api.schemas import (
     LegacySpeakRequest,
     LegacySpeakResponse,
@@ -34,6 +34,7 @@ from morpheus_tts.api.schemas import (
 )
 from morpheus_tts.api.speech import audio_headers, resolve
 from morpheus_tts.api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
+from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
 
 OUTPUTS_DIR_ENV = "MORPHEUS_OUTPUTS_DIR"
@@ -60,8 +61,8 @@ class OutputStore:
     def from_env(cls) -> OutputStore:
         """The store `$MORPHEUS_OUTPUTS_DIR` and `$MORPHEUS_OUTPUTS_KEEP` describe."""
         default = Path(tempfile.gettempdir()) / "morpheus-outputs"
-        directory = Path(os.environ.get(OUTPUTS_DIR_ENV) or default)
-        return cls(directory, int(os.environ.get(OUTPUTS_KEEP_ENV) or DEFAULT_KEEP))
+        env = read_environment()
+        return cls(Path(env.outputs_dir or default), env.outputs_keep)
 
     def path(self, name: str) -> Path | None:
         """The file called `name`, if it is one of ours and still exists."""
@@ -117,6 +118,12 @@ def _wants_json(request: Request) -> bool:
     request_max_body_size=MAX_BODY_BYTES,
     status_code=200,
     after_response=finish_job,
+    operation_class=documented(LegacySpeakRequest, responses={200: (
+        "Streamed WAV; with `Accept: application/json`, the old JSON answer (the file is "
+        "written to the outputs directory)",
+        {"audio/wav": binary("wav audio"), "application/json": json_schema(LegacySpeakResponse)},
+    )}),
+    responses=error_responses(400, 401, 413, 429, 500, 503),
 )
 async def speak(request: Request, state: State) -> Stream | Response[LegacySpeakResponse]:
     """Speak `text`: streamed WAV, or (`Accept: application/json`) a file and the old JSON."""
@@ -157,7 +164,7 @@ async def speak(request: Request, state: State) -> Stream | Response[LegacySpeak
     return Response(answer, headers=headers)
 
 
-@get("/outputs/{name:str}", sync_to_thread=False)
+@get("/outputs/{name:str}", sync_to_thread=False, responses=error_responses(404))
 def output_file(state: State, name: FromPath[str]) -> File:
     """A WAV file written by `/speak` (while retention keeps it)."""
     path = output_store(state).path(name)

@@ -21,6 +21,7 @@ from litestar.params import FromPath
 from litestar.response import ServerSentEvent, ServerSentEventMessage
 from morpheus_tts.api.encoders import pcm16
 from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value, require_api_key
+from morpheus_tts.api.openapi import documented, error_responses
 from morpheus_tts.host.registry import UnknownComponentError
 from morpheus_tts.host.runtime import SpeakRequest
 from morpheus_tts.host.session_events import AudioDelta, SessionClosed, SessionEvent
@@ -147,7 +148,11 @@ def event_json(event: SessionEvent) -> dict[str, Any]:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
-@post("/v1/sessions", guards=[require_api_key], status_code=201)
+@post(
+    "/v1/sessions", guards=[require_api_key], status_code=201,
+    operation_class=documented(SessionCreate, body_required=False),
+    responses=error_responses(400, 401, 404, 429),
+)
 async def open_session(request: Request, state: State) -> dict[str, Any]:
     """Open a realtime session: `{engine?, voice?, speed?, settings?, low_latency?}`."""
     raw = await request.body()
@@ -156,14 +161,20 @@ async def open_session(request: Request, state: State) -> dict[str, Any]:
     return session_info(create_session(manager, body), manager)
 
 
-@get("/v1/sessions/{session_id:str}", guards=[require_api_key], sync_to_thread=False)
+@get(
+    "/v1/sessions/{session_id:str}", guards=[require_api_key], sync_to_thread=False,
+    responses=error_responses(401, 404),
+)
 def get_session(state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Describe a live session."""
     manager = session_manager(state)
     return session_info(lookup(manager, session_id), manager)
 
 
-@post("/v1/sessions/{session_id:str}/text", guards=[require_api_key], status_code=202)
+@post(
+    "/v1/sessions/{session_id:str}/text", guards=[require_api_key], status_code=202,
+    operation_class=documented(TextInput), responses=error_responses(400, 401, 404, 409, 429),
+)
 async def push_text(request: Request, state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Push `{text, final}`; the first delta after a finished turn opens the next turn."""
     session = lookup(session_manager(state), session_id)
@@ -175,7 +186,10 @@ async def push_text(request: Request, state: State, session_id: FromPath[str]) -
     return {"turn": turn.index, "generation": turn.generation}
 
 
-@post("/v1/sessions/{session_id:str}/barge-in", guards=[require_api_key], status_code=200)
+@post(
+    "/v1/sessions/{session_id:str}/barge-in", guards=[require_api_key], status_code=200,
+    responses=error_responses(401, 404, 409),
+)
 async def barge_in(state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Stop speaking now; answers the interrupted turns and the new generation."""
     session = lookup(session_manager(state), session_id)
@@ -186,7 +200,10 @@ async def barge_in(state: State, session_id: FromPath[str]) -> dict[str, Any]:
     return {"interrupted": [t.index for t in turns], "generation": session.generation}
 
 
-@delete("/v1/sessions/{session_id:str}", guards=[require_api_key], status_code=204)
+@delete(
+    "/v1/sessions/{session_id:str}", guards=[require_api_key], status_code=204,
+    responses=error_responses(401, 404),
+)
 async def end_session(state: State, session_id: FromPath[str]) -> None:
     """End a session; its consumer gets `session.closed`."""
     manager = session_manager(state)
@@ -194,7 +211,10 @@ async def end_session(state: State, session_id: FromPath[str]) -> None:
     await manager.close(session_id, "deleted")
 
 
-@get("/v1/sessions/{session_id:str}/events", guards=[require_api_key], sync_to_thread=False)
+@get(
+    "/v1/sessions/{session_id:str}/events", guards=[require_api_key], sync_to_thread=False,
+    responses=error_responses(401, 404),
+)
 def session_events(state: State, session_id: FromPath[str]) -> ServerSentEvent:
     """The session's events as SSE; a second reader takes over from the first."""
     session = lookup(session_manager(state), session_id)

@@ -15,6 +15,7 @@ from litestar import Request, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery
 from litestar.response import Stream
+from morpheus_tts.api.encoders import CONTENT_TYPES
 from morpheus_tts.api.errors import (
     OpenAIError,
     decode_body,
@@ -22,6 +23,7 @@ from morpheus_tts.api.errors import (
     model_not_found,
     require_api_key,
 )
+from morpheus_tts.api.openapi import binary, documented, error_responses
 from morpheus_tts.api.schemas import (
     MAX_SPEECH_BODY_BYTES,
     ModelList,
@@ -39,6 +41,17 @@ ENGINE_HEADER, VOICE_HEADER = "X-Morpheus-Engine", "X-Morpheus-Voice"
 DEGRADED_HEADER = "X-Morpheus-Degraded"  # the requested engine failed; a failover spoke
 STREAM_HEADER = "X-Morpheus-Stream-Id"  # names the response for POST .../{id}/barge-in
 _STARTED = int(time.time())
+
+# `response_format` picks the audio type; `stream_format: "sse"` answers events instead.
+SPEECH_RESPONSE = (
+    "The speech, streamed as it is made (chunked), in `response_format`; or, with "
+    "`stream_format: \"sse\"`, `speech.audio.delta` events carrying base64 audio and a final "
+    "`speech.audio.done` with usage",
+    {
+        **{media: binary(f"{fmt} audio") for fmt, media in CONTENT_TYPES.items()},
+        "text/event-stream": {"type": "string", "description": "Server-sent events"},
+    },
+)
 
 
 # -- resolution and headers ------------------------------------------------------------------
@@ -89,6 +102,8 @@ def estimate_tokens(*texts: str | None) -> int:
     request_max_body_size=MAX_SPEECH_BODY_BYTES,
     status_code=200,
     after_response=finish_job,
+    operation_class=documented(SpeechRequest, responses={200: SPEECH_RESPONSE}),
+    responses=error_responses(400, 401, 404, 413, 429, 500, 503),
 )
 async def create_speech(request: Request, state: State) -> Stream:
     """Speak `input`: audio streamed with chunked transfer, or SSE events with base64 audio."""
@@ -118,7 +133,10 @@ async def create_speech(request: Request, state: State) -> Stream:
     return Stream(audio_body(job), media_type=job.encoder.content_type, headers=headers)
 
 
-@post("/v1/audio/speech/{stream_id:str}/barge-in", guards=[require_api_key], status_code=200)
+@post(
+    "/v1/audio/speech/{stream_id:str}/barge-in", guards=[require_api_key], status_code=200,
+    responses=error_responses(400, 401, 404),
+)
 async def barge_in_speech(
     state: State, stream_id: FromPath[str], fade_ms: FromQuery[float | None] = None
 ) -> dict[str, Any]:
@@ -151,7 +169,10 @@ def list_models(state: State) -> ModelList:
     return ModelList(data=_model_objects(state.runtime))
 
 
-@get("/v1/models/{model_id:str}", guards=[require_api_key], sync_to_thread=False)
+@get(
+    "/v1/models/{model_id:str}", guards=[require_api_key], sync_to_thread=False,
+    responses=error_responses(401, 404),
+)
 def retrieve_model(state: State, model_id: FromPath[str]) -> ModelObject:
     """One model, or 404 `model_not_found`."""
     objects = _model_objects(state.runtime)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import logging
 import math
-import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,6 +30,7 @@ from litestar.datastructures import State
 from morpheus_tts.api.encoders import AudioEncoder, new_encoder
 from morpheus_tts.api.errors import OpenAIError
 from morpheus_tts.api.schemas import AudioDelta, AudioDone, Usage
+from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.events import PCMChunk
 from morpheus_tts.host.failover import DegradedWatch
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
@@ -82,7 +82,7 @@ def stream_slots(state: State) -> StreamSlots:
     """The app's admission control (`$MORPHEUS_MAX_STREAMS`, default unlimited)."""
     slots = state.get("stream_slots")
     if slots is None:
-        slots = StreamSlots(int(os.environ.get(MAX_STREAMS_ENV) or 0))
+        slots = StreamSlots(read_environment().max_streams)
         state["stream_slots"] = slots
     return slots
 

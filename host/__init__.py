@@ -20,6 +20,7 @@ from morpheus_tts.host.contracts import (
     TurnRequest,
     VoicePrompts,
 )
+from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.hookspecs import hookimpl
 
@@ -36,6 +37,7 @@ __all__ = [
     "Event",
     "IncrementalEngine",
     "MorpheusConfig",
+    "MorpheusError",
     "NoSettings",
     "PCMChunk",
     "Stitcher",

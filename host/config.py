@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from morpheus_tts.host.errors import MorpheusError
 
+ENV_PREFIX = "MORPHEUS_"
 CONFIG_ENV = "MORPHEUS_CONFIG"
 BUILTIN_PACKAGE = "morpheus_tts.plugins"
 _LEGACY_PREFIX = "plugins."
@@ -21,7 +24,7 @@ _LEGACY_PREFIX = "plugins."
 log = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
+class ConfigError(MorpheusError, ValueError):
     """plugins.toml (or a settings table) is invalid; the message names the key and the fix."""
 
 
@@ -202,6 +205,71 @@ def describe_validation_error(exc: msgspec.ValidationError, where: str = "") -> 
     return f"`{key}`: {reason}" if key else reason
 
 
+class Environment(msgspec.Struct, frozen=True, kw_only=True):
+    """Every `MORPHEUS_*` environment variable, decoded in one place (`read_environment`).
+
+    Each field is the variable's name without the prefix, lower-cased (`api_key` is
+    `$MORPHEUS_API_KEY`). An unset or empty variable means the default.
+
+    Args:
+        config: the plugins.toml to read when none is named on the command line.
+        api_key: the key `/v1/*` and `/speak` require as `Authorization: Bearer <key>`
+            (unset: open).
+        admin_key: the key the write endpoints (`POST /plugins`, `POST /config`, ...) require;
+            beats `[server] admin_key`.
+        max_streams: speech responses streaming at once before 429 (0: unlimited).
+        outputs_dir: where `POST /speak` with `Accept: application/json` writes its WAV files
+            (default: `morpheus-outputs` in the system temp directory).
+        outputs_keep: how many of the newest of those files are kept.
+        log_level: debug, info, warning or error (a `--log-level` flag beats it).
+        log_format: `text` or `json`.
+        no_entry_points: any value but 0/false/no/off: don't load installed `morpheus.plugins`
+            distributions.
+    """
+
+    config: str | None = None
+    api_key: str | None = None
+    admin_key: str | None = None
+    max_streams: int = 0
+    outputs_dir: str | None = None
+    outputs_keep: int = 100
+    log_level: str | None = None
+    log_format: str | None = None
+    no_entry_points: bool = False
+
+    @staticmethod
+    def variable(field: str) -> str:
+        """The environment variable behind `field` (`api_key` -> `MORPHEUS_API_KEY`)."""
+        return ENV_PREFIX + field.upper()
+
+
+def read_environment(environ: Mapping[str, str] | None = None) -> Environment:
+    """Decode the `MORPHEUS_*` variables (of `environ`, default the process environment).
+
+    Read when needed rather than once at import, so a server started with a changed
+    environment (or a test that sets one) sees it.
+
+    Raises:
+        ConfigError: a value of the wrong type; the message names the variable.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for field in Environment.__struct_fields__:
+        raw = environ.get(Environment.variable(field), "").strip()
+        if not raw:
+            continue
+        if field == "no_entry_points":
+            values[field] = raw.lower() not in ("0", "false", "no", "off")
+        else:
+            values[field] = raw
+    try:
+        return msgspec.convert(values, type=Environment, strict=False)
+    except msgspec.ValidationError as exc:
+        field = describe_validation_error(exc).split("`")[1]
+        reason = _AT.sub("", str(exc))
+        raise ConfigError(f"${Environment.variable(field)}: {reason}") from None
+
+
 def load_config(path: str | os.PathLike[str] | None = None) -> MorpheusConfig:
     """Read plugins.toml.
 
@@ -212,8 +280,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> MorpheusConfig:
     Raises:
         ConfigError: the file is missing (when named explicitly), not TOML, or has a bad key.
     """
-    explicit = path is not None or CONFIG_ENV in os.environ
-    candidate = Path(path or os.environ.get(CONFIG_ENV) or "plugins.toml")
+    from_env = read_environment().config
+    explicit = path is not None or from_env is not None
+    candidate = Path(path or from_env or "plugins.toml")
     if not candidate.is_file():
         if explicit:
             raise ConfigError(f"{candidate}: no such config file; pass an existing plugins.toml")

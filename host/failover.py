@@ -32,6 +32,7 @@ import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream
 from morpheus_tts.host.contracts import SynthesisRequest
+from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import TextDelta
 from morpheus_tts.host.rate import first_words
 from morpheus_tts.host.registry import LoadedEngine
@@ -41,11 +42,11 @@ log = logging.getLogger(__name__)
 _DONE = object()
 
 
-class EngineStalledError(TimeoutError):
+class EngineStalledError(MorpheusError, TimeoutError):
     """An engine step gave no output within the stall timeout."""
 
 
-class SilentEngineError(RuntimeError):
+class SilentEngineError(MorpheusError, RuntimeError):
     """An engine accepted a segment with words in it and returned no audio."""
 
 

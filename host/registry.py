@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import gc
-import importlib
 import logging
-import os
 from collections.abc import Callable
 from importlib import metadata
 from typing import Any, Literal
@@ -20,25 +18,25 @@ from typing import Any, Literal
 import anyio
 import msgspec
 import pluggy
-from morpheus_tts.host import hookspecs
+from morpheus_tts.host import discovery, hookspecs
 from morpheus_tts.host.config import (
-    ConfigError,
     MorpheusConfig,
     PluginEntry,
     convert_settings,
     is_builtin_module,
+    read_environment,
 )
 from morpheus_tts.host.contracts import Chunker, Codec, Component, Engine, Kind, Stitcher
+from morpheus_tts.host.errors import MorpheusError
 
 log = logging.getLogger(__name__)
 
-ENTRY_POINT_GROUP = "morpheus.plugins"
-NO_ENTRY_POINTS_ENV = "MORPHEUS_NO_ENTRY_POINTS"
+ENTRY_POINT_GROUP = discovery.ENTRY_POINT_GROUP
 
 State = Literal["loaded", "failed", "disabled", "draining"]
 
 
-class UnknownComponentError(LookupError):
+class UnknownComponentError(MorpheusError, LookupError):
     """A request named an engine, voice, chunker or stitcher that is not loaded."""
 
     def __init__(self, kind: str, name: str, available: list[str], where: str = "") -> None:
@@ -47,7 +45,7 @@ class UnknownComponentError(LookupError):
         super().__init__(f"unknown {kind} {name!r}{where}; available: {listing}")
 
 
-class EngineUnloadedError(RuntimeError):
+class EngineUnloadedError(MorpheusError, RuntimeError):
     """The engine was unloaded while an utterance was still using it."""
 
 
@@ -116,7 +114,7 @@ class Registry:
     def __init__(self, config: MorpheusConfig, *, entry_points: bool | None = None) -> None:
         self.config = config
         self.entry_points = (
-            not os.environ.get(NO_ENTRY_POINTS_ENV) if entry_points is None else entry_points
+            not read_environment().no_entry_points if entry_points is None else entry_points
         )
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -127,14 +125,13 @@ class Registry:
         self.stitchers: dict[str, Callable[..., Stitcher]] = {}
         self._owner: dict[tuple[Kind, str], str] = {}
         self._draining: dict[str, LoadedEngine] = {}
+        self._entries: dict[str, PluginEntry] = {}  # the entries of the loaded plugins
 
     # -- discovery ---------------------------------------------------------------------------
 
     def installed_entry_points(self) -> dict[str, metadata.EntryPoint]:
-        """The `morpheus.plugins` entry points of installed distributions, by name."""
-        if not self.entry_points:
-            return {}
-        return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        """The `morpheus.plugins` entry points loaded at start, by name (none when off)."""
+        return discovery.installed_entry_points() if self.entry_points else {}
 
     async def load_all(self) -> None:
         """Load plugins.toml's plugins in order, then entry points it does not mention."""
@@ -166,15 +163,23 @@ class Registry:
         )
         self.records[name] = record
         try:
-            module, record.version, record.source = self._import(entry)
-            self.pm.register(module, name=name)
+            code = discovery.import_plugin(entry)
+            record.version, record.source = code.version, code.source
+            peers = [self._entries[other] for other in self._entries if other != name]
+            components = discovery.named_for_entry(
+                name, entry, discovery.offered_components(name, code.obj),
+                [*peers, *(e for n, e in self.config.plugins.items() if n != name)],
+            )
+            shared = self.pm.is_registered(code.obj)
+            self.pm.register(discovery.EntryView(code.obj) if shared else code.obj, name=name)
         except Exception as exc:  # noqa: BLE001 - any import failure is the plugin's, not ours
             return self._fail(record, exc)
         try:
-            await self._start_components(name, module, entry.settings, record)
+            await self._start_components(name, components, entry.settings, record)
         except Exception as exc:  # noqa: BLE001
             await self._release(name)
             return self._fail(record, exc)
+        self._entries[name] = entry
         record.state = "loaded"
         log.info("plugin loaded", extra={"plugin": name, "components": record.components})
         return record
@@ -209,37 +214,10 @@ class Registry:
         gc.collect()
         return msgspec.structs.replace(record, state="disabled", components=[])
 
-    def _import(self, entry: PluginEntry) -> tuple[Any, str | None, str]:
-        importlib.invalidate_caches()  # a distribution installed since start must be found
-        if entry.module is not None:
-            module = importlib.import_module(entry.module)
-            if is_builtin_module(entry.module):
-                return module, _own_version(), "built-in"
-            return module, None, "plugins.toml"
-        eps = self.installed_entry_points() or {
-            ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)
-        }
-        ep = eps.get(entry.entry_point or "")
-        if ep is None:
-            raise ConfigError(
-                f"no installed entry point {entry.entry_point!r} in group {ENTRY_POINT_GROUP!r}; "
-                f"installed: {', '.join(sorted(eps)) or 'none'}"
-            )
-        dist = ep.dist
-        source = f"entry point ({dist.name})" if dist else "entry point"
-        return ep.load(), dist.version if dist else None, source
-
     async def _start_components(
-        self, name: str, module: Any, settings: dict[str, Any], record: PluginRecord
+        self, name: str, components: list[Component], settings: dict[str, Any],
+        record: PluginRecord,
     ) -> None:
-        components: list[Component] = []
-        for hook_name in hookspecs.HOOK_BY_KIND.values():
-            impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-            for impl in impls:
-                if impl.plugin is module:
-                    components.extend(impl.function() or [])
-        if not components:
-            raise ValueError(f"plugin {name!r} implements no morpheus hook")
         for component in components:
             key = (component.kind, component.name)
             if key in self._owner:
@@ -288,6 +266,7 @@ class Registry:
                 del self.stitchers[component]
         if self.pm.has_plugin(name):
             self.pm.unregister(name=name)
+        self._entries.pop(name, None)
 
     def _fail(self, record: PluginRecord, exc: BaseException) -> PluginRecord:
         record.state = "failed"
@@ -336,11 +315,3 @@ def _source(entry: PluginEntry) -> str:
     if entry.module is not None:
         return "built-in" if is_builtin_module(entry.module) else "plugins.toml"
     return "entry point"
-
-
-@functools.cache
-def _own_version() -> str | None:
-    try:
-        return metadata.version("morpheus-tts")
-    except metadata.PackageNotFoundError:
-        return None

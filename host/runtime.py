@@ -27,6 +27,7 @@ from morpheus_tts.host.failover import Candidate
 from morpheus_tts.host.pipeline import Utterance, UtteranceSpec, open_utterance
 from morpheus_tts.host.rate import RateSettings
 from morpheus_tts.host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
+from morpheus_tts.host.reload import check_reload
 from morpheus_tts.host.speed import MAX_SPEED, MIN_SPEED
 from morpheus_tts.host.streams import AudioStream, StreamHost
 from morpheus_tts.observability import NULL_OBSERVER, UtteranceObserver
@@ -258,8 +259,11 @@ class Runtime:
     async def reload_config(self) -> bool:
         """Apply plugins.toml again if it changed on disk; returns True when it did.
 
-        A file that fails to parse changes nothing; the reason is kept in `config_error`.
-        Plugins loaded through the API are left alone.
+        The whole edit is checked first (`host.reload.check_reload`: every changed plugin table
+        imported and its settings converted, the `[server]` names still offered); an edit that
+        fails any check changes nothing, and the reasons are kept in `config_error` (and
+        logged) until the file is valid again or back to what is running. Plugins loaded
+        through the API are left alone.
         """
         path = self.config.path
         if path is None or self._file_bytes is None:
@@ -268,11 +272,17 @@ class Runtime:
             try:
                 data = await anyio.Path(path).read_bytes()
                 if data == self._file_bytes:
+                    self._clear_refusal()  # edited back to what is running: nothing to refuse
                     return False
                 new = load_config(path)
+                try:
+                    check_reload(self.registry, self._file_plugins, new)
+                except ConfigError as exc:
+                    raise ConfigError(f"{path}: {exc}") from None
             except (OSError, ConfigError) as exc:
                 self._refuse(str(exc))
                 return False
+            self.registry.config = new  # entries are named against the new file's tables
             await self._apply_plugins(new.plugins)
             self._file_bytes, self.config_error = data, None
             self._set_config(new)
@@ -308,8 +318,13 @@ class Runtime:
 
     def _refuse(self, reason: str) -> None:
         if reason != self.config_error:
-            log.error("plugins.toml not applied", extra={"error": reason})
+            log.error("plugins.toml not applied; nothing changed", extra={"error": reason})
         self.config_error = reason
+
+    def _clear_refusal(self) -> None:
+        if self.config_error is not None:
+            log.info("plugins.toml matches the running configuration again")
+        self.config_error = None
 
     async def _watch_config(self) -> None:
         while True:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 import anyio
 import numpy as np
+from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.failover import DegradedWatch
 from morpheus_tts.host.registry import EngineUnloadedError, UnknownComponentError
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
@@ -54,7 +55,7 @@ MAX_PENDING_TURNS = 4  # turns queued or speaking at once
 Spawn = Callable[..., Any]
 
 
-class SessionError(Exception):
+class SessionError(MorpheusError):
     """A session request that cannot be honoured; `code` is machine-readable."""
 
     def __init__(self, message: str, code: str) -> None:

@@ -11,7 +11,6 @@ as `extra=` (engine, chunk size, buffer depth...) becomes a field of its own.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import secrets
 import sys
@@ -20,6 +19,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 import msgspec
+from morpheus_tts.host.config import read_environment
 from opentelemetry import trace
 
 LEVEL_ENV = "MORPHEUS_LOG_LEVEL"
@@ -123,8 +123,9 @@ def configure_logging(
     Raises:
         ValueError: an unknown level or format; the message names the variable and the choices.
     """
-    level_name = (level or os.environ.get(LEVEL_ENV) or default_level).lower()
-    format_name = (fmt or os.environ.get(FORMAT_ENV) or "text").lower()
+    env = read_environment()
+    level_name = (level or env.log_level or default_level).lower()
+    format_name = (fmt or env.log_format or "text").lower()
     if level_name not in LEVELS:
         raise ValueError(f"{LEVEL_ENV}={level_name!r}: use one of {', '.join(LEVELS)}")
     if format_name not in FORMATS:

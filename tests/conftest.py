@@ -101,8 +101,9 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = config.with_suffix(".log")
         command = [
-            sys.executable, "-m", "morpheus_tts.api.cli", "--config", str(config),
-            "serve", "--port", str(self.port), "--log-level", "warning",
+            # --config after the subcommand, as the README writes it (test_say covers before)
+            sys.executable, "-m", "morpheus_tts.api.cli", "serve", "--config", str(config),
+            "--port", str(self.port), "--log-level", "warning",
         ]
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(

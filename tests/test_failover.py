@@ -31,7 +31,8 @@ def chain_runtime(
         "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
     }
     if backup is not None:
-        plugins["fault2"] = PluginEntry(module="morpheus_tts.plugins.engines.fault2",
+        # A second entry of the same module: its engine is named after the entry, "fault2".
+        plugins["fault2"] = PluginEntry(module="morpheus_tts.plugins.engines.fault",
             settings=backup)
     settings = ServerSettings(
         default_engine="fault", failover=["fault2"] if backup is not None else [], **server
@@ -152,7 +153,7 @@ module = "morpheus_tts.plugins.chunkers.sentence"
 module = "morpheus_tts.plugins.stitchers.crossfade"
 
 [plugins.{backup}]
-module = "morpheus_tts.plugins.engines.{backup}"
+module = "morpheus_tts.plugins.engines.{backup_module}"
 {backup_settings}
 
 [plugins.fault]
@@ -165,6 +166,8 @@ module = "morpheus_tts.plugins.engines.fault"
 def live_server(tmp_path: Path, primary: str, backup: str, backup_settings: str = "") -> LiveServer:
     return start_live_server(tmp_path, SERVER_TOML.format(
         failover=f'["{backup}"]', primary=primary, backup=backup,
+        # "fault2" is a second entry of the fault module (an engine named after its entry)
+        backup_module="fault" if backup.startswith("fault") else backup,
         backup_settings=backup_settings,
     ))
 

@@ -140,7 +140,7 @@ async def test_module_without_hooks_fails_clearly(plugin_dir: Path) -> None:
     write_plugin(plugin_dir, "testplug_empty", "X = 1\n")
     registry = empty_registry()
     record = await registry.load("empty", PluginEntry(module="testplug_empty"))
-    assert record.error == "ValueError: plugin 'empty' implements no morpheus hook"
+    assert record.error == "ConfigError: plugin 'empty' implements no morpheus hook"
 
 
 async def test_disabled_plugins_are_listed_not_loaded() -> None:
@@ -151,3 +151,48 @@ async def test_disabled_plugins_are_listed_not_loaded() -> None:
     await registry.load_all()
     assert registry.records["fault"].state == "disabled"
     assert registry.engines == {}
+
+
+async def test_misspelled_hook_is_a_load_error(plugin_dir: Path) -> None:
+    source = ENGINE_PLUGIN.replace("NAME", '"beep"').replace(
+        "def morpheus_engines():", "def morpheus_engine():"
+    )
+    write_plugin(plugin_dir, "testplug_typo", source)
+    registry = empty_registry()
+    record = await registry.load("typo", PluginEntry(module="testplug_typo"))
+    assert record.state == "failed"
+    assert record.error == (
+        "ConfigError: plugin 'typo' implements unknown hook morpheus_engine; the hooks are: "
+        "morpheus_engines, morpheus_codecs, morpheus_chunkers, morpheus_stitchers"
+    )
+    assert not registry.pm.has_plugin("typo") and registry.engines == {}
+
+
+async def test_one_module_backs_two_entries_with_their_own_names_and_settings(
+    plugin_dir: Path,
+) -> None:
+    write_plugin(plugin_dir, "testplug_beep", ENGINE_PLUGIN.replace("NAME", '"beep"'))
+    one = PluginEntry(module="testplug_beep", settings={"pitch": 220.0})
+    two = PluginEntry(module="testplug_beep", settings={"pitch": 880.0})
+    registry = Registry(MorpheusConfig(plugins={"beep": one, "high": two}), entry_points=False)
+    await registry.load_all()
+    assert registry.records["beep"].components == ["engine:beep"]
+    assert registry.records["high"].components == ["engine:high"]
+    assert registry.engine("beep").engine.settings.pitch == 220.0
+    assert registry.engine("high").engine.settings.pitch == 880.0
+    await registry.unload("high")
+    assert list(registry.engines) == ["beep"] and registry.pm.has_plugin("beep")
+    await registry.close()
+
+
+async def test_two_entries_of_one_module_named_apart_from_it_take_their_names(
+    plugin_dir: Path,
+) -> None:
+    write_plugin(plugin_dir, "testplug_beep", ENGINE_PLUGIN.replace("NAME", '"beep"'))
+    registry = empty_registry()
+    await registry.load("primary", PluginEntry(module="testplug_beep"))
+    record = await registry.load("backup", PluginEntry(module="testplug_beep"))
+    # Loaded one after the other at runtime, the first had no peer yet: it kept "beep".
+    assert record.components == ["engine:backup"]
+    assert sorted(registry.engines) == ["backup", "beep"]
+    await registry.close()

@@ -97,10 +97,44 @@ def test_say_a_piper_voice_by_path(tmp_path: Path) -> None:
 def test_empty_text_exits_2_with_one_line(text: str) -> None:
     result = morpheus("say", text, "-o", "-")
     assert result.returncode == 2
-    assert result.stderr.decode().strip().splitlines()[-1] == (
-        "morpheus: error: nothing to say: the text is empty"
-    )
+    assert result.stderr.decode() == "morpheus: error: nothing to say: the text is empty\n"
     assert result.stdout == b""
+
+
+def test_stdout_closed_early_by_the_reader_exits_quietly() -> None:
+    command = f"{sys.executable} -m morpheus_tts.api.cli say {TEXT!r} -o - | head -c 100"
+    result = subprocess.run(
+        ["bash", "-c", command + "; echo \"${PIPESTATUS[0]}\" >&2"],
+        cwd=ROOT, capture_output=True, timeout=120,
+    )
+    assert len(result.stdout) == 100 and result.stdout.startswith(b"RIFF")
+    assert result.stderr.decode() == "141\n"  # SIGPIPE's status, and no traceback
+
+
+def test_failed_say_leaves_no_output_file(tmp_path: Path) -> None:
+    out = tmp_path / "never.wav"
+    result = morpheus("say", "Hi.", "--voice", "nobody", "-o", str(out))
+    assert result.returncode == 2
+    assert not out.exists()
+
+
+def test_say_failing_midway_removes_its_partial_file(tmp_path: Path) -> None:
+    config = tmp_path / "plugins.toml"
+    config.write_text(
+        '[server]\ndefault_engine = "fault"\n'
+        '[plugins.fault]\nmodule = "morpheus_tts.plugins.engines.fault"\n'
+        '[plugins.fault.settings]\nfail_after = 1\n'
+        '[plugins.sentence]\nmodule = "morpheus_tts.plugins.chunkers.sentence"\n'
+        '[plugins.crossfade]\nmodule = "morpheus_tts.plugins.stitchers.crossfade"\n'
+    )
+    out = tmp_path / "partial.wav"
+    result = morpheus("say", "One. Two. Three.", "--config", str(config), "-o", str(out))
+    assert result.returncode == 1
+    assert result.stderr.decode().splitlines()[-1] == (
+        "morpheus: error: speaking failed: RuntimeError: fault engine: scripted failure at chunk 1"
+    )
+    assert b"Traceback" not in result.stderr
+    assert not out.exists()
 
 
 def test_unknown_voice_lists_available_ones() -> None:

@@ -140,7 +140,7 @@ def _create(settings: FaultSettings) -> FaultEngine:
 
 
 def component(name: str) -> Component:
-    """The scripted engine under `name` (a second module offers it again as "fault2")."""
+    """The scripted engine under `name`."""
     return Component(
         name=name, kind="engine", create=_create, settings=FaultSettings,
         description="scripted tones with delays, stalls, failures (tests, benchmarks)",
