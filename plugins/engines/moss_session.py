@@ -92,8 +92,8 @@ class MossRealtimeSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=Tr
         check_sampling(msgspec.structs.asdict(self))
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
-        if self.max_context_rows < self.turn_reserve_rows + 512:
-            raise ValueError("max_context_rows must exceed turn_reserve_rows by at least 512")
+        if self.max_context_rows <= self.turn_reserve_rows:
+            raise ValueError("max_context_rows must be larger than turn_reserve_rows")
 
 
 def check_sampling(values: dict[str, Any]) -> None:
