@@ -107,6 +107,8 @@ class MlxBackend:
         weights.pop("language_model.embed_tokens.weight", None)
         target = getattr(mx, dtype)
         self.w = {k: v.astype(target) for k, v in weights.items()}
+        # Materialise now: MLX streams are per thread, and steps run in other worker threads.
+        mx.eval(list(self.w.values()))
         lang, local = config["language_config"], local_config(config)
         theta = float((lang.get("rope_parameters") or {}).get("rope_theta",
                                                               lang.get("rope_theta", 1e6)))
