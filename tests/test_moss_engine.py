@@ -17,7 +17,7 @@ from morpheus_tts.host.config import load_config
 from morpheus_tts.host.registry import Registry
 from morpheus_tts.plugins.engines.moss_prompt import AUDIO_EOS
 from morpheus_tts.plugins.engines.moss_realtime import MossRealtimeTorchEngine
-from morpheus_tts.plugins.engines.moss_session import MossRealtimeSettings
+from morpheus_tts.plugins.engines.moss_settings import MossRealtimeSettings
 from morpheus_tts.plugins.engines.moss_tiny import CODEC_DIR, MODEL_DIR, write_all
 
 

@@ -279,7 +279,7 @@ class DecoderState:
 class MossCodecModel(nn.Module):
     """Encoder, residual LFQ and decoder built from an upstream `config.json` dictionary."""
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], build_encoder: bool = True) -> None:
         super().__init__()
         self.config = config
         self.sample_rate = int(config.get("sampling_rate", config.get("sample_rate", 24000)))
@@ -288,9 +288,12 @@ class MossCodecModel(nn.Module):
         if channels != 1:
             raise ValueError(f"moss codec: only mono checkpoints are supported, got {channels}")
         self.context_duration = float(config.get("causal_transformer_context_duration", 10))
-        self.encoder, frame_rate = _build_stack(
-            config["encoder_kwargs"], float(self.sample_rate), self.context_duration, down=True
+        # build_encoder=False gives a decode-only model (benchmarks; less memory).
+        specs = config["encoder_kwargs"] if build_encoder else []
+        self.encoder, _ = _build_stack(
+            specs, float(self.sample_rate), self.context_duration, down=True
         )
+        frame_rate = self.sample_rate / self.downsample_rate
         quantizer = dict(config["quantizer_kwargs"])
         quantizer.setdefault("quantizer_type", config.get("quantizer_type", "rlfq"))
         self.quantizer = ResidualLFQ(quantizer)

@@ -21,9 +21,8 @@ from typing import Any
 
 import numpy as np
 from morpheus_tts.host import Component, hookimpl
-from morpheus_tts.plugins.engines.moss_session import (
-    Backend,
-    MossRealtimeEngine,
+from morpheus_tts.plugins.engines.moss_session import Backend, MossRealtimeEngine
+from morpheus_tts.plugins.engines.moss_settings import (
     MossRealtimeSettings,
     check_codes,
 )

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from morpheus_tts.plugins.engines.moss_session import local_config
+from morpheus_tts.plugins.engines.moss_settings import local_config
 from torch import nn
 
 RVQ = 16
