@@ -258,6 +258,10 @@ def test_bad_settings_and_requests_are_named(engine, tiny: Path, tmp_path: Path)
         MossRealtimeTorchEngine(MossRealtimeSettings(model_path=str(tmp_path), codec_path="x"))
     with pytest.raises(ValueError, match="settings.codec_path"):
         MossRealtimeTorchEngine(MossRealtimeSettings(model_path=str(tiny / MODEL_DIR)))
+    with pytest.raises(ValueError, match="limited to 60 s"):
+        engine.add_voice("long", np.zeros(61 * 24000, dtype=np.float32), 24000)
+    with pytest.raises(ValueError, match="at least one 80 ms frame"):
+        engine.add_voice("short", np.zeros(100, dtype=np.float32), 24000)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"model_path": "x", "bogus": 1}, MossRealtimeSettings)
 

@@ -28,6 +28,7 @@ from morpheus_tts.plugins.engines.moss_settings import (
 )
 
 INSTALL_HINT = "pip install 'morpheus-tts[moss]'"
+MAX_PROMPT_SECONDS = 60.0  # as the codec plugins: attention over the whole prompt
 
 
 class TorchBackend:
@@ -114,6 +115,8 @@ class MossRealtimeTorchEngine(MossRealtimeEngine):
         if not sample_rate:
             raise ValueError("user_audio_rate is required with user_audio")
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if len(audio) > MAX_PROMPT_SECONDS * sample_rate:
+            raise ValueError(f"audio prompts are limited to {MAX_PROMPT_SECONDS:.0f} s")
         if sample_rate != 24000:
             audio = soxr.resample(audio, sample_rate, 24000).astype(np.float32)
         device = next(self._codec.parameters()).device

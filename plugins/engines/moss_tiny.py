@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -221,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     toml = write_all(args.out_dir, args.seed)
-    print(f"wrote {toml.parent / MODEL_DIR}, {toml.parent / CODEC_DIR} and {toml}")  # noqa: T201
+    sys.stdout.write(f"wrote {toml.parent / MODEL_DIR}, {toml.parent / CODEC_DIR} and {toml}\n")
 
 
 if __name__ == "__main__":
