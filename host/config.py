@@ -47,6 +47,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     failover; `barge_in_fade_ms` is the fade a barge-in ends with (0 cuts). See docs/realtime.md.
     `admin_key` (or `$MORPHEUS_ADMIN_KEY`) guards the write
     endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
+    `discovery_requires_key` makes `GET /v1/audio/voices`, `/v1/audio/models` and `/v1/` need
+    `$MORPHEUS_API_KEY` too (off: clients such as Open WebUI list voices without a key).
+    `wyoming_port` starts the Wyoming server (Home Assistant) on that TCP port; see
+    docs/wyoming.md.
     """
 
     default_engine: str = "piper"
@@ -71,6 +75,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     drain_timeout_s: float = 30.0
     config_reload_interval_s: float = 1.0
     admin_key: str | None = None
+    discovery_requires_key: bool = False
+    wyoming_port: int | None = None
+    wyoming_host: str = "127.0.0.1"
+    wyoming_zeroconf: bool = False
     plugin_modules: list[str] = msgspec.field(
         default_factory=lambda: ["morpheus_tts.plugins.*"]
     )
