@@ -22,6 +22,7 @@ from morpheus_tts.host.contracts import (
 )
 from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.hookspecs import hookimpl
+from morpheus_tts.host.speed import time_stretch
 
 __all__ = [
     "BargeIn",
@@ -46,4 +47,5 @@ __all__ = [
     "VoicePrompts",
     "hookimpl",
     "load_config",
+    "time_stretch",
 ]
