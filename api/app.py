@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from litestar import Litestar, get
@@ -27,6 +28,9 @@ from morpheus_tts.observability.metrics import (
 )
 from morpheus_tts.observability.tracing import TracerProvider, configure_tracing, litestar_plugin
 
+if TYPE_CHECKING:
+    from morpheus_tts.api.wyoming import WyomingServer
+
 # The web UI ships inside the package (morpheus_tts.web), so a wheel install serves it too.
 WEB_DIR = Path(str(resources.files("morpheus_tts.web")))
 
@@ -40,6 +44,21 @@ def health(state: State) -> Response[dict]:
     body = {"status": "ok" if ready else "starting", "default_engine": engine}
     body["active_streams"] = sum(e.open_utterances for e in runtime.registry.engines.values())
     return Response(body, status_code=200 if ready else 503)
+
+
+async def _start_wyoming(runtime: Runtime) -> WyomingServer | None:
+    """The Wyoming server on the app's runtime, when `[server] wyoming_port` is set."""
+    server = runtime.config.server
+    if server.wyoming_port is None:
+        return None
+    from morpheus_tts.api.wyoming import WyomingServer  # needs the `wyoming` package
+
+    wyoming = WyomingServer(
+        runtime, server.wyoming_host or "127.0.0.1", server.wyoming_port,
+        zeroconf=server.wyoming_zeroconf,
+    )
+    await wyoming.start()
+    return wyoming
 
 
 def create_app(
@@ -60,9 +79,12 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with runtime.running(load_in_background=True):
             session_manager.start()
+            wyoming = await _start_wyoming(runtime)
             try:
                 yield
             finally:
+                if wyoming is not None:
+                    await wyoming.stop()
                 await session_manager.close_all("shutdown")
         if provider is not None:  # flush the spans still batched
             flush = provider.force_flush if tracer_provider else provider.shutdown

@@ -49,8 +49,9 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
     `discovery_requires_key` makes `GET /v1/audio/voices`, `/v1/audio/models` and `/v1/` need
     `$MORPHEUS_API_KEY` too (off: clients such as Open WebUI list voices without a key).
-    `wyoming_port` starts the Wyoming server (Home Assistant) on that TCP port; see
-    docs/wyoming.md.
+    `wyoming_port` starts the Wyoming server (Home Assistant) on that TCP port, bound to
+    `wyoming_host` (None: the HTTP server's `--host`), announced over mDNS with
+    `wyoming_zeroconf`; see docs/wyoming.md.
     """
 
     default_engine: str = "piper"
@@ -77,7 +78,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     admin_key: str | None = None
     discovery_requires_key: bool = False
     wyoming_port: int | None = None
-    wyoming_host: str = "127.0.0.1"
+    wyoming_host: str | None = None
     wyoming_zeroconf: bool = False
     plugin_modules: list[str] = msgspec.field(
         default_factory=lambda: ["morpheus_tts.plugins.*"]
@@ -104,6 +105,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
             raise ConfigError("server.session_idle_timeout_s must be > 0 seconds")
         if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
             raise ConfigError("server.stall_timeout_s must be > 0 seconds (or absent: no limit)")
+        if self.wyoming_port is not None and not 0 <= self.wyoming_port <= 65535:
+            raise ConfigError("server.wyoming_port must be a TCP port, 0-65535 (absent: off)")
         if not 0 <= self.barge_in_fade_ms <= 30:
             raise ConfigError("server.barge_in_fade_ms must lie between 0 (cut) and 30 ms")
 
