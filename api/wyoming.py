@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from importlib import metadata
 from typing import Any
 
@@ -50,6 +51,7 @@ from wyoming.tts import (
 
 log = logging.getLogger(__name__)
 
+SERVICE_TYPE = "_wyoming._tcp.local."
 CHUNK_SAMPLES = 1024  # per audio-chunk event, as wyoming-piper sends them
 DEFAULT_PORT = 10200  # Home Assistant's usual Wyoming TTS port
 ATTRIBUTION = Attribution(name="Morpheus", url="https://github.com/morpheus-tts/morpheus")
@@ -210,6 +212,13 @@ class WyomingConnection:
             await self.write(Error(text=text, code=code).event())
 
 
+def _outbound_address() -> str:
+    """The IPv4 address other hosts reach this one at (the route to mDNS's group)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("224.0.0.251", 5353))  # UDP connect: no packet is sent
+        return probe.getsockname()[0]
+
+
 def _code(exc: Exception) -> str:
     if isinstance(exc, UnknownComponentError):
         return f"invalid_{exc.kind}"
@@ -230,7 +239,9 @@ class WyomingServer:
         self.runtime, self.host, self.port = runtime, host, port
         self.zeroconf = zeroconf
         self._server: asyncio.AbstractServer | None = None
-        self._announcer: Any = None
+        self._zeroconf: Any = None
+        self._announced: Any = None
+        self.service_name: str | None = None  # the mDNS instance name, once announced
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -242,15 +253,23 @@ class WyomingServer:
             await self._announce()
 
     async def _announce(self) -> None:
+        """Register `_wyoming._tcp` over mDNS, as Home Assistant's discovery looks for it."""
         try:
-            from wyoming.zeroconf import HomeAssistantZeroconf
+            from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
         except ImportError as exc:
             raise RuntimeError(
                 "wyoming_zeroconf needs the `zeroconf` package: pip install 'morpheus-tts[wyoming]'"
             ) from exc
-        host = None if self.host in ("0.0.0.0", "::", "") else self.host
-        self._announcer = HomeAssistantZeroconf(port=self.port, name="morpheus", host=host)
-        await self._announcer.register_server()
+        address = self.host if self.host not in ("0.0.0.0", "::", "") else _outbound_address()
+        # The port in the name keeps two servers on one host distinct on the network.
+        self.service_name = f"morpheus-{self.port}"
+        info = AsyncServiceInfo(
+            SERVICE_TYPE, f"{self.service_name}.{SERVICE_TYPE}",
+            addresses=[socket.inet_aton(address)], port=self.port,
+        )
+        self._zeroconf = AsyncZeroconf()
+        await self._zeroconf.async_register_service(info)
+        self._announced = info
 
     def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.get_running_loop().create_task(
@@ -269,5 +288,6 @@ class WyomingServer:
             await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
-        if self._announcer is not None:
-            await self._announcer._aiozc.async_close()
+        if self._zeroconf is not None:
+            await self._zeroconf.async_unregister_service(self._announced)
+            await self._zeroconf.async_close()

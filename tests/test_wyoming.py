@@ -175,3 +175,25 @@ async def test_the_server_table_setting_starts_it_too(tmp_path) -> None:
             assert (await read_until(client, "info"))[-1].type == "info"
     finally:
         live.stop()
+
+
+@pytest.mark.anyio
+async def test_zeroconf_announces_the_server_for_home_assistant() -> None:
+    from morpheus_tts.api.wyoming import WyomingServer
+    from morpheus_tts.host.config import MorpheusConfig
+    from morpheus_tts.host.runtime import Runtime
+    from zeroconf.asyncio import AsyncZeroconf
+
+    server = WyomingServer(Runtime(MorpheusConfig(), entry_points=False), "127.0.0.1", 0,
+                           zeroconf=True)
+    await server.start()
+    browser = AsyncZeroconf()
+    try:
+        info = await browser.async_get_service_info(
+            "_wyoming._tcp.local.", f"{server.service_name}._wyoming._tcp.local.", timeout=5000
+        )
+        assert info is not None and info.port == server.port
+        assert info.parsed_addresses() == ["127.0.0.1"]
+    finally:
+        await browser.async_close()
+        await server.stop()
