@@ -52,6 +52,8 @@ from wyoming.tts import (
 log = logging.getLogger(__name__)
 
 SERVICE_TYPE = "_wyoming._tcp.local."
+# A streaming utterance that already ended (its engine failed) refuses more text with these.
+_ENDED = (anyio.BrokenResourceError, anyio.ClosedResourceError, RuntimeError)
 CHUNK_SAMPLES = 1024  # per audio-chunk event, as wyoming-piper sends them
 DEFAULT_PORT = 10200  # Home Assistant's usual Wyoming TTS port
 ATTRIBUTION = Attribution(name="Morpheus", url="https://github.com/morpheus-tts/morpheus")
@@ -119,8 +121,9 @@ class WyomingConnection:
             if self._stream is None:
                 await self._error("synthesize-chunk without synthesize-start", "no_stream")
                 return
-            utterance = await self._stream.started()
-            await utterance.send_text(SynthesizeChunk.from_event(event).text)
+            with contextlib.suppress(*_ENDED):  # it failed: the client already has the error
+                utterance = await self._stream.started()
+                await utterance.send_text(SynthesizeChunk.from_event(event).text)
         elif SynthesizeStop.is_type(event.type):
             await self._stop_streaming()
         elif Synthesize.is_type(event.type):
@@ -166,8 +169,9 @@ class WyomingConnection:
         if stream is None or forwarded is None:
             await self.write(SynthesizeStopped().event())
             return
-        utterance = await stream.started()
-        await utterance.end_text()
+        with contextlib.suppress(*_ENDED):
+            utterance = await stream.started()
+            await utterance.end_text()
         await forwarded.wait()
         self._stream = self._forwarded = None
         await self.write(SynthesizeStopped().event())

@@ -197,3 +197,29 @@ async def test_zeroconf_announces_the_server_for_home_assistant() -> None:
     finally:
         await browser.async_close()
         await server.stop()
+
+
+@pytest.mark.anyio
+async def test_an_engine_failing_mid_stream_is_an_error_and_the_connection_goes_on() -> None:
+    from conftest import fault_runtime
+    from morpheus_tts.api.wyoming import WyomingServer
+
+    runtime = fault_runtime(fail_after=2)  # raises after its third chunk
+    async with runtime.running():
+        server = WyomingServer(runtime, "127.0.0.1", 0)
+        await server.start()
+        try:
+            async with AsyncTcpClient("127.0.0.1", server.port) as client:
+                await client.write_event(SynthesizeStart().event())
+                for text in ("A long first sentence here. ", "And more. "):
+                    await client.write_event(SynthesizeChunk(text=text).event())
+                await client.write_event(SynthesizeStop().event())
+                # The failed step is retried, then the text's end settles it: an error.
+                events = await read_until(client, "synthesize-stopped")
+                errors = [Error.from_event(e) for e in events if Error.is_type(e.type)]
+                assert [e.code for e in errors] == ["engine_error"]
+                assert "scripted failure" in errors[0].text
+                await client.write_event(Describe().event())
+                assert (await read_until(client, "info"))[-1].type == "info"
+        finally:
+            await server.stop()
