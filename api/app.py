@@ -6,13 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import metadata, resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
-from morpheus_tts.api import admin, legacy, realtime, sessions, speech
+from morpheus_tts.api import admin, discovery, legacy, realtime, sessions, speech
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
 from morpheus_tts.api.openapi import openapi_config, viewer_assets
 from morpheus_tts.host.config import MorpheusConfig, load_config, read_environment
@@ -26,6 +27,9 @@ from morpheus_tts.observability.metrics import (
     metrics_registry,
 )
 from morpheus_tts.observability.tracing import TracerProvider, configure_tracing, litestar_plugin
+
+if TYPE_CHECKING:
+    from morpheus_tts.api.wyoming import WyomingServer
 
 # The web UI ships inside the package (morpheus_tts.web), so a wheel install serves it too.
 WEB_DIR = Path(str(resources.files("morpheus_tts.web")))
@@ -49,6 +53,21 @@ def _own_version() -> str:
         return "0+unknown"
 
 
+async def _start_wyoming(runtime: Runtime) -> WyomingServer | None:
+    """The Wyoming server on the app's runtime, when `[server] wyoming_port` is set."""
+    server = runtime.config.server
+    if server.wyoming_port is None:
+        return None
+    from morpheus_tts.api.wyoming import WyomingServer  # needs the `wyoming` package
+
+    wyoming = WyomingServer(
+        runtime, server.wyoming_host or "127.0.0.1", server.wyoming_port,
+        zeroconf=server.wyoming_zeroconf,
+    )
+    await wyoming.start()
+    return wyoming
+
+
 def create_app(
     config: MorpheusConfig | None = None,
     *,
@@ -68,9 +87,12 @@ def create_app(
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         async with runtime.running(load_in_background=True):
             session_manager.start()
+            wyoming = await _start_wyoming(runtime)
             try:
                 yield
             finally:
+                if wyoming is not None:
+                    await wyoming.stop()
                 await session_manager.close_all("shutdown")
         if provider is not None:  # flush the spans still batched
             flush = provider.force_flush if tracer_provider else provider.shutdown
@@ -79,7 +101,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
-            *admin.ROUTES,
+            *admin.ROUTES, *discovery.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
             viewer_assets(),
             create_static_files_router(

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the HTTP API")
     serve.add_argument("--host", default=DEFAULT_HOST, help=f"bind address ({DEFAULT_HOST})")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port ({DEFAULT_PORT})")
+    serve.add_argument("--wyoming-port", type=int, default=None,
+                       help="also serve Wyoming (Home Assistant) on this TCP port, e.g. 10200 "
+                            "(default: [server] wyoming_port, else off)")
     serve.add_argument("--log-level", default=None,
                        help="debug, info, warning, error (default: $MORPHEUS_LOG_LEVEL or info)")
 
@@ -226,6 +229,12 @@ def _serve(args: argparse.Namespace, config: MorpheusConfig) -> int:
     import uvicorn
     from morpheus_tts.api.app import create_app
 
+    server = config.server
+    wyoming_port = args.wyoming_port if args.wyoming_port is not None else server.wyoming_port
+    server = msgspec.structs.replace(
+        server, wyoming_port=wyoming_port, wyoming_host=server.wyoming_host or args.host
+    )
+    config = msgspec.structs.replace(config, server=server)
     uvicorn.run(
         create_app(config), host=args.host, port=args.port,
         log_config=uvicorn_log_config(), log_level=logging.getLogger().level,

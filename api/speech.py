@@ -1,4 +1,4 @@
-"""OpenAI's speech API: `POST /v1/audio/speech`, `GET /v1/models`, `GET /v1/audio/voices`.
+"""OpenAI's speech API: `POST /v1/audio/speech` and `GET /v1/models` (voices: `api.discovery`).
 
 A request is decoded, checked and resolved (model and voice through `host.aliases`) before
 anything is synthesized, so every error is an OpenAI envelope with its status code; then
@@ -146,7 +146,8 @@ async def barge_in_speech(
     return {"stream_id": job.stream_id, "interrupted": True}
 
 
-def _model_objects(runtime: Runtime) -> list[ModelObject]:
+def model_objects(runtime: Runtime) -> list[ModelObject]:
+    """The loaded engines, then the model aliases that resolve to one of them."""
     resolver = AliasResolver(runtime.config, runtime.registry.engines)
     objects = [
         ModelObject(id=name, created=_STARTED, owned_by=loaded.plugin, engine=name)
@@ -166,7 +167,7 @@ def _model_objects(runtime: Runtime) -> list[ModelObject]:
 @get("/v1/models", guards=[require_api_key], sync_to_thread=False)
 def list_models(state: State) -> ModelList:
     """OpenAI's model list: the loaded engines and the aliases that resolve to one."""
-    return ModelList(data=_model_objects(state.runtime))
+    return ModelList(data=model_objects(state.runtime))
 
 
 @get(
@@ -175,43 +176,12 @@ def list_models(state: State) -> ModelList:
 )
 def retrieve_model(state: State, model_id: FromPath[str]) -> ModelObject:
     """One model, or 404 `model_not_found`."""
-    objects = _model_objects(state.runtime)
+    objects = model_objects(state.runtime)
     for model in objects:
         if model.id == model_id:
             return model
     raise model_not_found(UnknownComponentError("model", model_id, [m.id for m in objects]))
 
 
-@get("/v1/audio/voices", guards=[require_api_key], sync_to_thread=False)
-def list_voices(state: State) -> dict[str, Any]:
-    """The old `{"status": "ok", "voices": [...]}` plus each engine's detail and the aliases."""
-    runtime: Runtime = state.runtime
-    resolver = AliasResolver(runtime.config, runtime.registry.engines)
-    engines = []
-    voices: list[str] = []
-    order = sorted(runtime.registry.engines, key=lambda name: name != runtime.default_engine)
-    for name in order:
-        caps = runtime.registry.engines[name].engine.capabilities
-        engines.append({
-            "name": name,
-            "default": name == runtime.default_engine,
-            "voices": list(caps.voices),
-            "default_voice": resolver.default_voice_of(name),
-            "sample_rate": caps.sample_rate,
-            "streaming": caps.streaming,
-            "native_speed": caps.native_speed,
-            "voice_cloning": caps.voice_cloning,
-            "aliases": resolver.describe(name),
-        })
-        voices.extend(v for v in caps.voices if v not in voices)
-    return {
-        "status": "ok",
-        "voices": voices,
-        "default_engine": runtime.default_engine,
-        "engines": engines,
-        "aliases": sorted(resolver.voices),
-    }
-
-
-ROUTES = [create_speech, barge_in_speech, list_models, retrieve_model, list_voices]
+ROUTES = [create_speech, barge_in_speech, list_models, retrieve_model]
 """The route handlers of this module, for `Litestar(route_handlers=...)`."""

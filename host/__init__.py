@@ -23,6 +23,7 @@ from morpheus_tts.host.contracts import (
 from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.hookspecs import hookimpl
+from morpheus_tts.host.speed import time_stretch
 
 __all__ = [
     "BargeIn",
@@ -48,4 +49,5 @@ __all__ = [
     "VoicePrompts",
     "hookimpl",
     "load_config",
+    "time_stretch",
 ]

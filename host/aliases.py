@@ -20,8 +20,11 @@ How `voice` resolves, within that engine:
 2. one of the engine's voices, or `engine:voice` naming this engine and one of its voices;
 3. an alias: its targets in order (`engine:voice`, or a bare voice matched on this engine), the
    first the engine has wins; if it has none of them, its default voice (as in 1);
-4. anything else, including `other-engine:voice`: `UnknownComponentError("voice", ...)` listing
-   the engine's voices and the voice aliases.
+4. `other-engine:voice` (as `GET /v1/audio/voices` lists the voices of engines other than the
+   default): when `model` is an alias or absent, that engine speaks it, so a client configured
+   with one model (`tts-1`) reaches every listed voice; when `model` names an engine, refused;
+5. anything else: `UnknownComponentError("voice", ...)` listing the engine's voices and the
+   voice aliases.
 
 The response headers name the engine and voice that actually spoke, so a fallback is visible.
 """
@@ -129,7 +132,10 @@ class AliasResolver:
         Raises:
             UnknownComponentError: kind "model" or "voice", listing what is accepted.
         """
-        if model is None:
+        pinned = self._engine_of_voice(voice) if model not in self.engines else None
+        if pinned is not None:
+            engine, engine_fallback = pinned, False
+        elif model is None:
             if self.default_engine not in self.engines:
                 raise UnknownComponentError("model", self.default_engine, self.model_names())
             engine, engine_fallback = self.default_engine, False
@@ -137,6 +143,14 @@ class AliasResolver:
             engine, engine_fallback = self.engine_for(model)
         name, voice_fallback = self.voice_for(engine, voice)
         return Resolved(engine=engine, voice=name, fallback=engine_fallback or voice_fallback)
+
+    def _engine_of_voice(self, voice: str | None) -> str | None:
+        """The engine an `engine:voice` name belongs to, if it is loaded and has that voice."""
+        owner, _, bare = (voice or "").rpartition(":")
+        loaded = self.engines.get(owner)
+        if loaded is None or bare not in loaded.engine.capabilities.voices:
+            return None
+        return owner
 
     def describe(self, engine: str) -> dict[str, str]:
         """Every voice alias with the voice it gives on `engine` (for the voices listing)."""

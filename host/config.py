@@ -52,6 +52,11 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     endpoints; `plugin_modules` lists the module patterns (fnmatch) `POST /plugins` may import.
     `tracing_ui_url` is where the web UI links trace ids: a URL with `{trace_id}` in it, or a
     Jaeger base URL (`/trace/<id>` is appended); GET /config shows it.
+    `discovery_requires_key` makes `GET /v1/audio/voices`, `/v1/audio/models` and `/v1/` need
+    `$MORPHEUS_API_KEY` too (off: clients such as Open WebUI list voices without a key).
+    `wyoming_port` starts the Wyoming server (Home Assistant) on that TCP port, bound to
+    `wyoming_host` (None: the HTTP server's `--host`), announced over mDNS with
+    `wyoming_zeroconf`; see docs/wyoming.md.
     """
 
     default_engine: str = "piper"
@@ -77,6 +82,10 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     config_reload_interval_s: float = 1.0
     admin_key: str | None = None
     tracing_ui_url: str | None = None
+    discovery_requires_key: bool = False
+    wyoming_port: int | None = None
+    wyoming_host: str | None = None
+    wyoming_zeroconf: bool = False
     plugin_modules: list[str] = msgspec.field(
         default_factory=lambda: ["morpheus_tts.plugins.*"]
     )
@@ -102,6 +111,8 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
             raise ConfigError("server.session_idle_timeout_s must be > 0 seconds")
         if self.stall_timeout_s is not None and self.stall_timeout_s <= 0:
             raise ConfigError("server.stall_timeout_s must be > 0 seconds (or absent: no limit)")
+        if self.wyoming_port is not None and not 0 <= self.wyoming_port <= 65535:
+            raise ConfigError("server.wyoming_port must be a TCP port, 0-65535 (absent: off)")
         if not 0 <= self.barge_in_fade_ms <= 30:
             raise ConfigError("server.barge_in_fade_ms must lie between 0 (cut) and 30 ms")
 

@@ -82,6 +82,8 @@ class EngineCapabilities(msgspec.Struct, frozen=True, kw_only=True):
         incremental_text: it takes text deltas directly (the host skips the chunker).
         native_speed: it applies `SynthesisRequest.speed` itself.
         voice_cloning: it accepts a reference voice prompt.
+        languages: voice name -> the BCP 47 language it speaks (`en-US`); a voice missing
+            here speaks an unknown language (listings show none).
     """
 
     output: Literal["pcm", "tokens"] = "pcm"
@@ -92,6 +94,7 @@ class EngineCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     incremental_text: bool = False
     native_speed: bool = False
     voice_cloning: bool = False
+    languages: dict[str, str] = {}
 
 
 EngineOutput = Iterator[np.ndarray] | AsyncIterator[np.ndarray]

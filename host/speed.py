@@ -14,6 +14,23 @@ import numpy as np
 MIN_SPEED, MAX_SPEED = 0.25, 4.0
 
 
+def time_stretch(samples: np.ndarray, sample_rate: float, speed: float) -> np.ndarray:
+    """Play `samples` at `speed` with pitch kept: the result is `round(len / speed)` samples.
+
+    Rubber Band's high-quality (R3) engine, on a whole buffer (a sentence or a segment). Plugins
+    whose own speed control is not proportional use this too (Piper).
+    """
+    if not MIN_SPEED <= speed <= MAX_SPEED:
+        raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
+    audio = np.asarray(samples, np.float32)
+    if len(audio) == 0:
+        return audio
+    import pedalboard  # deferred: only streams that need a stretch pay for the import
+
+    stretched = pedalboard.time_stretch(audio[np.newaxis, :], float(sample_rate), float(speed))
+    return np.ascontiguousarray(stretched[0], dtype=np.float32)
+
+
 class SegmentStretcher:
     """Time-stretch a stream segment by segment, keeping pitch.
 
@@ -24,9 +41,6 @@ class SegmentStretcher:
     def __init__(self, speed: float) -> None:
         if not MIN_SPEED <= speed <= MAX_SPEED:
             raise ValueError(f"speed must be between {MIN_SPEED} and {MAX_SPEED}, got {speed}")
-        import pedalboard  # deferred: only streams that need a stretch pay for the import
-
-        self._stretch = pedalboard.time_stretch
         self.speed = speed
         self.segment: int | None = None  # the segment being held
         self._held: list[np.ndarray] = []
@@ -47,7 +61,4 @@ class SegmentStretcher:
             return np.zeros(0, np.float32)
         audio = np.concatenate(self._held)
         self._held = []
-        if len(audio) == 0:
-            return audio
-        stretched = self._stretch(audio[np.newaxis, :], float(self._rate), self.speed)
-        return np.ascontiguousarray(stretched[0], dtype=np.float32)
+        return time_stretch(audio, self._rate, self.speed)

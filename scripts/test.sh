@@ -12,6 +12,9 @@ python -m pip install --quiet --upgrade pip
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
   python -m pip install --quiet -c ci/constraints.txt -c ci/orpheus-constraints.txt \
   -e ".[test,orpheus,orpheus-mlx,moss,moss-mlx]"
+# The real clients the conformance tests drive (LiveKit Agents, Pipecat) live in their own venv,
+# .venv-clients, so their pins never meet the server's; rebuilt only when their pins change.
+.venv/bin/python tests/clients_venv.py
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 # The browser tests (tests/test_web.py) drive Debian's chromium; no browser is downloaded.
 command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq chromium; }

@@ -96,14 +96,16 @@ def free_port() -> int:
 class LiveServer:
     """`morpheus serve` in a subprocess on 127.0.0.1 and a free port."""
 
-    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = config.with_suffix(".log")
         command = [
             # --config after the subcommand, as the README writes it (test_say covers before)
             sys.executable, "-m", "morpheus_tts.api.cli", "serve", "--config", str(config),
-            "--port", str(self.port), "--log-level", "warning",
+            "--port", str(self.port), "--log-level", "warning", *args,
         ]
         self._log_file = open(self.log, "wb")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
@@ -135,13 +137,13 @@ class LiveServer:
 
 
 def start_live_server(
-    directory: Path, config: str, env: dict[str, str] | None = None
+    directory: Path, config: str, env: dict[str, str] | None = None, args: tuple[str, ...] = ()
 ) -> LiveServer:
     """Write `config` as `directory/plugins.toml`, start a server on it and wait until it is
     ready (stopping it if it never is). The caller stops it."""
     path = directory / "plugins.toml"
     path.write_text(config)
-    server = LiveServer(path, env=env)
+    server = LiveServer(path, env=env, args=args)
     try:
         server.wait_ready()
     except Exception:

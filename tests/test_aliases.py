@@ -91,6 +91,15 @@ def test_unknown_voice_and_another_engines_voice_are_refused() -> None:
         names.resolve("piper", "orpheus:leo")
 
 
+def test_engine_voice_ids_choose_their_engine_under_an_alias_model() -> None:
+    names = resolver(WITH_ORPHEUS)
+    resolved = names.resolve("tts-1", "orpheus:leo")
+    assert (resolved.engine, resolved.voice, resolved.fallback) == ("orpheus", "leo", False)
+    assert names.resolve(None, "orpheus:tara").engine == "orpheus"
+    with pytest.raises(UnknownComponentError, match="belongs to engine 'orpheus'"):
+        names.resolve("piper", "orpheus:tara")  # an explicit engine is not overridden
+
+
 def test_alias_tables_take_strings_or_lists_in_plugins_toml() -> None:
     table = b'[aliases.models]\ntts-1 = "piper"\n[aliases.voices]\nalloy = ["a", "b"]\n'
     config = msgspec.toml.decode(table, type=MorpheusConfig)

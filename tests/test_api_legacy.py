@@ -146,9 +146,9 @@ def test_unknown_output_files_are_404(server: LiveServer, name: str) -> None:
     assert "error" in response.json()
 
 
-def test_old_voices_endpoint_shape(server: LiveServer) -> None:
-    body = httpx.get(f"{server.url}/v1/audio/voices").json()
-    assert body["status"] == "ok" and "joe" in body["voices"]
+def test_old_voices_list_of_names_is_served_with_legacy_true(server: LiveServer) -> None:
+    body = httpx.get(f"{server.url}/v1/audio/voices", params={"legacy": "true"}).json()
+    assert body == {"status": "ok", "voices": ["joe"]}
 
 
 # -- retention (the store itself) ------------------------------------------------------------

@@ -201,11 +201,11 @@ def test_pace_holds_delivery_to_playback_and_is_off_by_default(server: LiveServe
     assert paced_s > seconds - 2.5
 
 
-def test_speed_two_roughly_halves_the_duration(server: LiveServer) -> None:
+def test_speed_two_halves_the_duration(server: LiveServer) -> None:
     normal = len(speak(server, input=TEXT, response_format="pcm").content)
     fast = len(speak(server, input=TEXT, response_format="pcm", speed=2.0).content)
-    # Piper scales phoneme durations; its pauses between sentences shrink less.
-    assert 0.45 < fast / normal < 0.7
+    # Piper's sentences are time-stretched to exactly half (tests/test_speed.py has the rest).
+    assert fast / normal == pytest.approx(0.5, rel=0.05)
 
 
 # -- models and voices -----------------------------------------------------------------------
@@ -220,9 +220,9 @@ def test_models_list_has_openai_shape_and_the_aliases(client: openai.OpenAI) -> 
         client.models.retrieve("no-such-model")
 
 
-def test_voices_keep_the_old_shape_and_add_engine_detail(server: LiveServer) -> None:
+def test_voices_list_objects_and_engine_detail(server: LiveServer) -> None:
     body = httpx.get(f"{server.url}/v1/audio/voices").json()
-    assert body["status"] == "ok" and body["voices"] == ["joe"]
+    assert body["status"] == "ok" and [v["id"] for v in body["voices"]] == ["joe"]
     (piper,) = body["engines"]
     assert piper["name"] == "piper" and piper["default_voice"] == "joe"
     assert piper["aliases"]["tara"] == "joe" and "alloy" in body["aliases"]

