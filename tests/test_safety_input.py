@@ -90,21 +90,30 @@ def test_json_nested_1000_deep_is_a_400(server: LiveServer, path: str, body: str
     assert "Recursion" not in response.text
 
 
+DEEP_CREATE = '{"type":"session.create","settings":{"a":' + "[" * 1000 + "]" * 1000 + "}}"
+
+
 def test_json_nested_1000_deep_over_a_websocket_is_an_error_event(server: LiveServer) -> None:
-    async def run() -> list[dict]:
+    async def run() -> tuple[dict, dict, dict]:
         url = f"ws://127.0.0.1:{server.port}/v1/realtime"
         async with websockets.connect(url) as socket:
             created = json.loads(await socket.recv())
             assert created["type"] == "session.created"
-            await socket.send('{"type":"text","text":"hi","x":' + "[" * 1000 + "]" * 1000 + "}")
-            error = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            await socket.send(DEEP_CREATE)
+            deep = json.loads(await asyncio.wait_for(socket.recv(), 10))
             await socket.send('{"type":"text","text":"Still here?\\u0000","final":true}')
             control = json.loads(await asyncio.wait_for(socket.recv(), 10))
-            return [error, control]
+        async with websockets.connect(f"ws://127.0.0.1:{server.port}/v1/realtime") as socket:
+            await socket.send(DEEP_CREATE)  # as the first message: the session is refused
+            refused = json.loads(await asyncio.wait_for(socket.recv(), 10))
+            await socket.wait_closed()
+            assert socket.close_code == 4400
+        return deep, control, refused
 
-    error, control = asyncio.run(run())
-    assert error["type"] == "error" and error["error"]["code"] == "json_too_deep"
+    deep, control, refused = asyncio.run(run())
+    assert deep["type"] == "error" and deep["error"]["code"] == "json_too_deep"
     assert control["type"] == "error" and control["error"]["code"] == "invalid_characters"
+    assert refused["type"] == "error" and refused["error"]["code"] == "json_too_deep"
 
 
 def test_legacy_speak_uses_the_same_rules(server: LiveServer) -> None:
