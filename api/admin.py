@@ -21,19 +21,19 @@ from litestar.connection import ASGIConnection
 from litestar.datastructures import State
 from litestar.handlers import BaseRouteHandler
 from litestar.params import FromPath, FromQuery
-from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value
+from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value, scrub
 from morpheus_tts.api.openapi import documented, error_responses
-from morpheus_tts.host.config import ConfigError, PluginEntry, read_environment
+from morpheus_tts.api.security import ADMIN_KEY_ENV, configured_admin_key
+from morpheus_tts.host.config import ConfigError, PluginEntry
 from morpheus_tts.host.registry import PluginRecord, Registry, UnknownComponentError
 from morpheus_tts.host.runtime import Runtime
 
-ADMIN_KEY_ENV = "MORPHEUS_ADMIN_KEY"
 PLUGIN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def admin_key(runtime: Runtime) -> str | None:
     """The configured admin key: the environment wins over plugins.toml."""
-    return read_environment().admin_key or runtime.config.server.admin_key
+    return configured_admin_key(runtime)
 
 
 def require_admin_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
@@ -89,7 +89,7 @@ def plugin_json(record: PluginRecord, registry: Registry) -> dict[str, Any]:
         "version": record.version,
         "state": record.state,
         "health": {"ready": ready, "engines": engines},
-        "error": record.error,
+        "error": scrub(record.error) if record.error else None,
     }
 
 
@@ -150,7 +150,7 @@ async def load_plugin(request: Request, state: State) -> dict[str, Any]:
     if record.state == "failed":
         raise OpenAIError(
             422,
-            f"plugin {body.name!r} failed to load: {record.error}",
+            f"plugin {body.name!r} failed to load: {scrub(record.error or 'unknown error')}",
             param="module" if body.module else "entry_point",
             code="plugin_load_failed",
         )
@@ -228,7 +228,7 @@ class ConfigUpdate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 def config_json(runtime: Runtime) -> dict[str, Any]:
-    """The running `[server]` settings (never the admin key itself)."""
+    """The running `[server]` settings (never the admin key itself, nor where the file is)."""
     server = msgspec.to_builtins(runtime.config.server)
     server.pop("admin_key", None)
     return {
@@ -236,8 +236,7 @@ def config_json(runtime: Runtime) -> dict[str, Any]:
         **server,
         "admin_key_set": admin_key(runtime) is not None,
         "engines": sorted(runtime.registry.engines),
-        "path": runtime.config.path,
-        "config_error": runtime.config_error,
+        "config_error": scrub(runtime.config_error) if runtime.config_error else None,
     }
 
 
@@ -273,7 +272,8 @@ async def update_config(request: Request, state: State) -> dict[str, Any]:
         _check_voice(runtime, changes)
         runtime.update_server(**changes)
     except ConfigError as exc:
-        raise invalid_value(str(exc), None) from None
+        named = [field for field in changes if f"server.{field}" in str(exc)]
+        raise invalid_value(str(exc), named[0] if named else None) from None
     except UnknownComponentError as exc:
         param = {"engine": "default_engine", "voice": "default_voice"}.get(exc.kind, exc.kind)
         raise invalid_value(str(exc), param, code=f"{exc.kind}_not_found") from None

@@ -16,6 +16,7 @@ from litestar.static_files import create_static_files_router
 from morpheus_tts.api import admin, discovery, legacy, realtime, sessions, speech
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
 from morpheus_tts.api.openapi import openapi_config, viewer_assets
+from morpheus_tts.api.security import security_middleware
 from morpheus_tts.host.config import MorpheusConfig, load_config, read_environment
 from morpheus_tts.host.runtime import Runtime
 from morpheus_tts.host.session_manager import SessionManager
@@ -109,7 +110,10 @@ def create_app(
             ),
         ],
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[RequestContextMiddleware, http_metrics_middleware()],
+        # Origin, API key and Content-Type are checked before any handler reads a body.
+        middleware=[
+            RequestContextMiddleware, http_metrics_middleware(), security_middleware(runtime)
+        ],
         logging_config=litestar_logging_config(),
         plugins=[litestar_plugin(provider)] if provider else [],
         lifespan=[lifespan],

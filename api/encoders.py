@@ -59,7 +59,9 @@ _PYAV = {
     "flac": ("flac", "flac", None),
 }
 # Ogg holds packets until a page fills (1 s by default); 20 ms pages release every Opus packet.
-_CONTAINER_OPTIONS = {"ogg": {"page_duration": "20000"}}
+# `bitexact` fixes the stream serial (random otherwise), so identical deterministic requests
+# give identical bytes in every format.
+_CONTAINER_OPTIONS = {"ogg": {"page_duration": "20000", "fflags": "+bitexact"}}
 
 
 class AudioEncoder(Protocol):

@@ -18,7 +18,6 @@ The public API is small:
 
 from __future__ import annotations
 
-import hmac
 import logging
 import re
 import typing
@@ -29,13 +28,12 @@ from litestar import Request, Response
 from litestar.connection import ASGIConnection
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers import BaseRouteHandler
+from morpheus_tts.api.security import API_KEY_ENV, configured_admin_key, key_matches, presented_key
 from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.registry import UnknownComponentError
 
 log = logging.getLogger(__name__)
-
-API_KEY_ENV = "MORPHEUS_API_KEY"
 
 T = TypeVar("T")
 
@@ -141,6 +139,11 @@ MALFORMED_JSON = (
 )
 
 
+TOO_DEEP = (
+    "The JSON body is nested too deeply. Send objects and arrays at most a few levels deep."
+)
+
+
 def decode_body(body: bytes, struct: type[T]) -> T:
     """Decode a JSON request body into `struct`, strictly.
 
@@ -152,7 +155,8 @@ def decode_body(body: bytes, struct: type[T]) -> T:
         OpenAIError: 400 with OpenAI's message, `param` and `code` for malformed JSON
             (`code` null), a non-object body (`invalid_type`), an unknown field
             (`unknown_parameter`), a missing one (`missing_required_parameter`), a wrong type
-            (`invalid_type`) or a value outside an enum (`invalid_value`).
+            (`invalid_type`) or a value outside an enum (`invalid_value`); a body nested
+            deeper than the decoder's recursion limit (`json_too_deep`).
     """
     try:
         return msgspec.json.decode(body, type=struct)
@@ -160,6 +164,8 @@ def decode_body(body: bytes, struct: type[T]) -> T:
         raise _describe(str(exc), struct) from None
     except msgspec.DecodeError:
         raise OpenAIError(400, MALFORMED_JSON) from None
+    except RecursionError:
+        raise OpenAIError(400, TOO_DEEP, code="json_too_deep") from None
 
 
 def _describe(message: str, struct: type) -> OpenAIError:
@@ -244,13 +250,14 @@ def invalid_voice(exc: UnknownComponentError) -> OpenAIError:
 def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Litestar guard: 401 unless the request carries `Bearer $MORPHEUS_API_KEY`.
 
-    With the variable unset the API is open (any key the SDK sends is accepted).
+    With the variable unset the API is open (any key the SDK sends is accepted). The admin key
+    opens it too. `api.security.SecurityMiddleware` applies the same rule to every route.
     """
     expected = read_environment().api_key
     if not expected:
         return
-    scheme, _, given = connection.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), expected):
+    admin = configured_admin_key(connection.app.state.runtime)
+    if not key_matches(presented_key(dict(connection.headers)), expected, admin):
         raise OpenAIError(
             401,
             "Incorrect API key provided. Pass it as `Authorization: Bearer <key>` (the key "
@@ -312,10 +319,25 @@ def _unknown_component(_: Request, exc: UnknownComponentError) -> Response[dict[
 
 
 def _server_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
+    # The log has the traceback; the client gets no internals (the request id finds the log).
     log.exception("unhandled error", extra={"path": request.url.path}, exc_info=exc)
     return OpenAIError(
-        500, f"The server had an error while processing your request: {type(exc).__name__}"
+        500, "The server had an error while processing your request. Retry, or report the "
+        "X-Request-Id of this response."
     ).to_response()
+
+
+_MODULE_REPR = re.compile(r"<module '([^']+)'(?: from '[^']*')?>")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])(?:/[^\s'\"/:,;()<>]+)+/([^\s'\"/:,;()<>]*)")
+
+
+def scrub(message: str, limit: int = 300) -> str:
+    """A message fit for a client: its first line, no absolute paths (only a file's name), no
+    module reprs, at most `limit` characters. Logs keep the full text."""
+    first = message.strip().splitlines()[0] if message.strip() else ""
+    first = _MODULE_REPR.sub(r"module '\1'", first)
+    first = _ABSOLUTE_PATH.sub(r"\1", first)
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 EXCEPTION_HANDLERS: dict[type[Exception], Any] = {

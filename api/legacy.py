@@ -12,6 +12,7 @@ temp directory). Files get unique names (a uuid) and only the newest `$MORPHEUS_
 
 from __future__ import annotations
 
+import logging
 import re
 import tempfile
 import time
@@ -36,6 +37,8 @@ from morpheus_tts.api.speech import audio_headers, resolve
 from morpheus_tts.api.streaming import OUTPUT_RATE, audio_body, finish_job, start_job
 from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
+
+log = logging.getLogger(__name__)
 
 OUTPUTS_DIR_ENV = "MORPHEUS_OUTPUTS_DIR"
 OUTPUTS_KEEP_ENV = "MORPHEUS_OUTPUTS_KEEP"
@@ -129,7 +132,7 @@ async def speak(request: Request, state: State) -> Stream | Response[LegacySpeak
     """Speak `text`: streamed WAV, or (`Accept: application/json`) a file and the old JSON."""
     runtime: Runtime = state.runtime
     body = decode_body(await request.body(), LegacySpeakRequest)
-    check_text(body.text, "text", MAX_TEXT_CHARS)
+    text = check_text(body.text, "text", MAX_TEXT_CHARS)
     check_speed(body.speed)
     resolved = resolve(runtime, None, body.voice)
     # Like the old server, the whole file comes as fast as it is made (no playback pacing).
@@ -139,15 +142,17 @@ async def speak(request: Request, state: State) -> Stream | Response[LegacySpeak
     )
     headers = audio_headers(resolved)
     if not _wants_json(request):
-        job = await start_job(request, runtime, speak_request, body.text, "wav")
+        job = await start_job(request, runtime, speak_request, text, "wav")
         return Stream(audio_body(job), media_type=CONTENT_TYPES["wav"], headers=headers)
 
     started = time.perf_counter()
-    job = await start_job(request, runtime, speak_request, body.text, "pcm")
+    job = await start_job(request, runtime, speak_request, text, "pcm")
     try:
         pcm = [pcm16(samples) async for samples in job.opened.chunks()]
     except Exception as exc:
-        raise OpenAIError(500, f"The engine failed: {exc}", code="engine_error") from None
+        log.exception("engine failed on /speak", exc_info=exc)
+        raise OpenAIError(500, "The engine failed while speaking; see the server log.",
+                          code="engine_error") from None
     finally:
         await job.finish()
     data = b"".join(pcm)

@@ -18,16 +18,18 @@ from litestar.connection import WebSocket
 from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import websocket
 from litestar.params import FromPath
-from morpheus_tts.api.errors import OpenAIError, require_api_key
+from morpheus_tts.api.errors import TOO_DEEP, OpenAIError, require_api_key
 from morpheus_tts.api.sessions import (
     SessionCreate,
     TextInput,
+    client_owner,
     create_session,
     dumps,
     event_json,
     session_error,
     session_info,
     session_manager,
+    session_text,
 )
 from morpheus_tts.host.session_events import AudioDelta, SessionClosed
 from morpheus_tts.host.session_manager import SessionManager
@@ -100,7 +102,7 @@ async def realtime_socket(socket: WebSocket) -> None:
                 first = await _first_message(socket)
             if isinstance(first, _Create):
                 body, first = SessionCreate(**msgspec.structs.asdict(first)), None
-        session = create_session(manager, body)
+        session = create_session(manager, body, client_owner(socket.headers, socket.client))
     except (OpenAIError, msgspec.ValidationError, WebSocketDisconnect) as exc:
         if not isinstance(exc, WebSocketDisconnect):
             await _refuse(socket, exc)
@@ -120,6 +122,8 @@ async def _first_message(socket: WebSocket) -> ClientMessage | None:
         return msgspec.json.decode(text, type=ClientMessage)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise OpenAIError(400, f"invalid first message: {exc}", code="invalid_message") from None
+    except RecursionError:
+        raise OpenAIError(400, TOO_DEEP, code="json_too_deep") from None
 
 
 async def _refuse(socket: WebSocket, exc: Exception) -> None:
@@ -168,7 +172,8 @@ async def _serve(
             if isinstance(message, _Close):
                 return False
             if isinstance(message, _TextMessage):
-                turn = session.send_text(message.text, final=message.final)
+                text = session_text(manager, message.text)
+                turn = session.send_text(text, final=message.final)
                 await send_json(
                     {"type": "text.accepted", "turn": turn.index, "generation": turn.generation}
                 )
@@ -179,6 +184,11 @@ async def _serve(
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             error = OpenAIError(400, f"invalid message: {exc}", code="invalid_message")
             await send_json({"type": "error", **error.envelope()})
+        except RecursionError:
+            error = OpenAIError(400, TOO_DEEP, code="json_too_deep")
+            await send_json({"type": "error", **error.envelope()})
+        except OpenAIError as exc:
+            await send_json({"type": "error", **exc.envelope()})
         except SessionError as exc:
             await send_json({"type": "error", **session_error(exc).envelope()})
         return True

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import msgspec
 from morpheus_tts.api.errors import invalid_value
+from morpheus_tts.api.textguard import clean_text
 from morpheus_tts.host.speed import MAX_SPEED, MIN_SPEED
 
 ResponseFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]
@@ -96,26 +97,17 @@ class SpeechRequest(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         return merged
 
 
-def check_text(value: str, param: str, limit: int, *, required: bool = True) -> None:
-    """OpenAI's length rules for a text field.
+def check_text(value: str, param: str, limit: int, *, required: bool = True) -> str:
+    """OpenAI's length rules for a text field, plus `api.textguard`'s character rules.
+
+    Returns:
+        The text to speak (zero-width characters and emoji removed).
 
     Raises:
-        OpenAIError: 400 `empty_string` (blank when required) or `string_above_max_length`.
+        OpenAIError: 400 `empty_string` (blank when required), `string_above_max_length`,
+            `invalid_characters` or `no_speakable_text` (when required).
     """
-    if required and not value.strip():
-        raise invalid_value(
-            f"Invalid '{param}': empty string. Expected a string with at least one "
-            "non-whitespace character.",
-            param,
-            "empty_string",
-        )
-    if len(value) > limit:
-        raise invalid_value(
-            f"Invalid '{param}': string too long. Expected a string with maximum length "
-            f"{limit}, but got a string with length {len(value)} instead.",
-            param,
-            "string_above_max_length",
-        )
+    return clean_text(value, param, limit, whole=required)
 
 
 def check_speed(speed: float, param: str = "speed") -> None:

@@ -9,6 +9,7 @@ it. This module only translates; the sessions themselves live in `host.sessions`
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,6 +23,9 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 from morpheus_tts.api.encoders import pcm16
 from morpheus_tts.api.errors import OpenAIError, decode_body, invalid_value, require_api_key
 from morpheus_tts.api.openapi import documented, error_responses
+from morpheus_tts.api.security import key_matches, presented_key
+from morpheus_tts.api.textguard import clean_text
+from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.registry import UnknownComponentError
 from morpheus_tts.host.runtime import SpeakRequest
 from morpheus_tts.host.session_events import AudioDelta, SessionClosed, SessionEvent
@@ -36,7 +40,10 @@ _STATUS_BY_CODE = {
     "too_many_turns": 429,
     "text_backlog_full": 429,
     "too_many_sessions": 429,
+    "turn_text_too_long": 400,
 }
+MAX_SETTINGS_BYTES = 8192  # `settings` of a session, as compact JSON
+MAX_SETTINGS_DEPTH = 4  # objects/arrays nested inside `settings`
 
 
 class SessionCreate(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -80,14 +87,62 @@ def session_error(exc: SessionError) -> OpenAIError:
     return OpenAIError(_STATUS_BY_CODE.get(exc.code, 400), str(exc), code=exc.code)
 
 
-def create_session(manager: SessionManager, body: SessionCreate) -> Session:
+def check_settings(settings: dict[str, Any]) -> None:
+    """`settings` stays small: at most `MAX_SETTINGS_BYTES` of JSON, `MAX_SETTINGS_DEPTH` deep.
+
+    Raises:
+        OpenAIError: 400 `settings_too_large` naming `settings`.
+    """
+    size = len(msgspec.json.encode(settings))
+    if size > MAX_SETTINGS_BYTES or _depth(settings) > MAX_SETTINGS_DEPTH:
+        raise invalid_value(
+            f"Invalid 'settings': at most {MAX_SETTINGS_BYTES} bytes of JSON nested at most "
+            f"{MAX_SETTINGS_DEPTH} levels deep (got {size} bytes). Send engine options only.",
+            "settings",
+            "settings_too_large",
+        )
+
+
+def _depth(value: Any) -> int:
+    deepest, pending = 0, [(value, 0)]
+    while pending:
+        item, level = pending.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, level)
+            pending.extend((child, level + 1) for child in
+                           (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def client_owner(headers: Any, client: Any) -> str:
+    """Who a request comes from, for the per-client session limit: its address, and the key it
+    presents when that is one of the server's keys (made-up keys on an open server do not buy
+    more sessions)."""
+    address = client.host if client is not None else "unknown"
+    key = presented_key(dict(headers))
+    env = read_environment()
+    if key and key_matches(key, env.api_key, env.admin_key):
+        return f"{hashlib.sha256(key.encode()).hexdigest()[:16]}@{address}"
+    return address
+
+
+def session_text(manager: SessionManager, text: str) -> str:
+    """A pushed delta, checked like every spoken text (`api.textguard`) and capped at
+    `[server] max_push_chars`; returns what the turn gets."""
+    return clean_text(text, "text", manager.runtime.config.server.max_push_chars, whole=False)
+
+
+def create_session(
+    manager: SessionManager, body: SessionCreate, owner: str | None = None
+) -> Session:
     """Open a session, turning host errors into API errors naming the field."""
+    check_settings(body.settings)
     request = SpeakRequest(
         engine=body.engine, voice=body.voice, speed=body.speed, options=body.settings,
         low_latency=body.low_latency, pace=body.pace,
     )
     try:
-        return manager.create(request)
+        return manager.create(request, owner=owner)
     except UnknownComponentError as exc:
         param = "voice" if exc.kind == "voice" else "engine"
         status = 400 if exc.kind == "voice" else 404
@@ -158,7 +213,8 @@ async def open_session(request: Request, state: State) -> dict[str, Any]:
     raw = await request.body()
     body = decode_body(raw, SessionCreate) if raw.strip() else SessionCreate()
     manager = session_manager(state)
-    return session_info(create_session(manager, body), manager)
+    owner = client_owner(request.headers, request.client)
+    return session_info(create_session(manager, body, owner), manager)
 
 
 @get(
@@ -177,10 +233,12 @@ def get_session(state: State, session_id: FromPath[str]) -> dict[str, Any]:
 )
 async def push_text(request: Request, state: State, session_id: FromPath[str]) -> dict[str, Any]:
     """Push `{text, final}`; the first delta after a finished turn opens the next turn."""
-    session = lookup(session_manager(state), session_id)
+    manager = session_manager(state)
+    session = lookup(manager, session_id)
     body = decode_body(await request.body(), TextInput)
+    text = session_text(manager, body.text)
     try:
-        turn = session.send_text(body.text, final=body.final)
+        turn = session.send_text(text, final=body.final)
     except SessionError as exc:
         raise session_error(exc) from None
     return {"turn": turn.index, "generation": turn.generation}

@@ -25,11 +25,13 @@ from morpheus_tts.api.errors import (
 )
 from morpheus_tts.api.openapi import binary, documented, error_responses
 from morpheus_tts.api.schemas import (
+    MAX_INPUT_CHARS,
     MAX_SPEECH_BODY_BYTES,
     ModelList,
     ModelObject,
     SpeechRequest,
     check_speech,
+    check_text,
 )
 from morpheus_tts.api.streaming import audio_body, barge_in_job, finish_job, sse_body, start_job
 from morpheus_tts.host.aliases import AliasResolver, Resolved
@@ -110,6 +112,7 @@ async def create_speech(request: Request, state: State) -> Stream:
     runtime: Runtime = state.runtime
     speech = decode_body(await request.body(), SpeechRequest)
     check_speech(speech)
+    text = check_text(speech.input, "input", MAX_INPUT_CHARS)  # what the engine may speak
     resolved = resolve(runtime, speech.model, speech.voice_name)
     speak = SpeakRequest(
         engine=resolved.engine,
@@ -120,7 +123,7 @@ async def create_speech(request: Request, state: State) -> Stream:
         pace=speech.pace,
         response_format=speech.format,
     )
-    job = await start_job(request, runtime, speak, speech.input, speech.format)
+    job = await start_job(request, runtime, speak, text, speech.format)
     headers = {**audio_headers(resolved), **job.timing_headers(), STREAM_HEADER: job.stream_id}
     stats = job.opened.stream.stats
     if stats is not None and stats.degraded:  # failover before the first byte: say who spoke

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import logging
 import math
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,13 +29,17 @@ import soxr
 from litestar import Request
 from litestar.datastructures import State
 from morpheus_tts.api.encoders import AudioEncoder, new_encoder
-from morpheus_tts.api.errors import OpenAIError
+from morpheus_tts.api.errors import OpenAIError, scrub
 from morpheus_tts.api.schemas import AudioDelta, AudioDone, Usage
 from morpheus_tts.host.config import read_environment
+from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import PCMChunk
 from morpheus_tts.host.failover import DegradedWatch
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
 from morpheus_tts.host.streams import AudioStream
+
+if sys.version_info < (3, 11):
+    from exceptiongroup import BaseExceptionGroup
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +174,8 @@ class OpenedAudio:
             await self.aclose()
             log.exception("engine failed before the first chunk", exc_info=exc)
             raise OpenAIError(
-                500, f"The engine failed before producing audio: {exc}", code="engine_error"
+                500, f"The engine failed before producing audio: {engine_message(exc)}",
+                code="engine_error",
             ) from None
         except BaseException:
             await self.aclose()
@@ -268,11 +274,20 @@ async def finish_job(request: Request) -> None:
         await job.finish()
 
 
+class StreamAborted(MorpheusError):
+    """Raised out of an audio body whose utterance failed (or whose engine was unloaded).
+
+    The server then drops the connection without the chunked body's final empty chunk, so an
+    HTTP client reports an incomplete body (curl: exit 18; httpx: RemoteProtocolError) rather
+    than keeping a short file that looks complete.
+    """
+
+
 async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
     """The response body: each chunk encoded as it arrives.
 
-    An engine failure mid-stream ends the file cleanly (the encoder's tail is sent) and is
-    logged; the status line is long gone by then.
+    An engine failure mid-stream (an unload without drain included) aborts the body: the
+    encoder's tail is not sent and `StreamAborted` ends the response unfinished.
     """
     opened, pending = job.opened, 0  # samples encoded, not yet sent
     try:
@@ -283,13 +298,23 @@ async def audio_body(job: SpeechJob) -> AsyncIterator[bytes]:
                     yield data
                     opened.sent(pending)
                     pending = 0
-        except Exception:
-            log.exception("engine failed mid-stream; ending the audio early")
+        except Exception as exc:
+            log.warning("engine failed mid-stream; aborting the body",
+                        extra={"error": engine_message(exc)})
+            raise StreamAborted(engine_message(exc)) from None
         if tail := job.encoder.flush():
             yield tail
             opened.sent(pending)
     finally:
         await job.finish()
+
+
+def engine_message(exc: BaseException) -> str:
+    """What a client is told about an engine failure: the first real error of a task group,
+    scrubbed of paths and internals."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return scrub(str(exc) or type(exc).__name__)
 
 
 def _sse(event: msgspec.Struct | dict[str, Any]) -> bytes:
@@ -320,7 +345,9 @@ async def sse_body(job: SpeechJob, input_tokens: int) -> AsyncIterator[bytes]:
                 opened.sent(pending)
         except Exception as exc:
             log.exception("engine failed mid-stream; sending an error event")
-            error = OpenAIError(500, f"The engine failed mid-stream: {exc}", code="engine_error")
+            error = OpenAIError(
+                500, f"The engine failed mid-stream: {engine_message(exc)}", code="engine_error"
+            )
             yield _sse({"type": "error", **error.envelope()})
             return
         output_tokens = math.ceil(job.opened.duration_s * AUDIO_TOKENS_PER_SECOND)

@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 from morpheus_tts.host.errors import MorpheusError
@@ -41,6 +41,12 @@ class PluginEntry(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True
     settings: dict[str, Any] = {}
 
 
+# The ranges a `[server]` value may take, shared by plugins.toml and `POST /config` (both decode
+# through `convert_settings`): a chunk of 1e12 tokens or a negative drain is refused by either.
+ChunkTokens = Annotated[int, msgspec.Meta(ge=1, le=4096)]
+BufferMs = Annotated[float, msgspec.Meta(ge=0, le=60_000)]
+
+
 class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     """The `[server]` table: defaults for requests that don't say otherwise.
 
@@ -57,35 +63,43 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     `wyoming_port` starts the Wyoming server (Home Assistant) on that TCP port, bound to
     `wyoming_host` (None: the HTTP server's `--host`), announced over mDNS with
     `wyoming_zeroconf`; see docs/wyoming.md.
+    `allowed_origins` lists the browser origins besides the server's own that may call it;
+    `max_push_chars` / `max_turn_chars` cap the text of one session push and of one turn;
+    `max_sessions_per_client` caps the sessions one API key (or client address) holds. Every
+    number has a range (the Annotated types below); see docs/security.md.
     """
 
     default_engine: str = "piper"
     default_voice: str | None = None
     chunker: str = "sentence"
     stitcher: str = "crossfade"
-    sample_rate: int = 24000
+    sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=192_000)] = 24000
     failover: list[str] = []
-    first_chunk_tokens: int = 12
-    target_chunk_tokens: int = 32
-    min_chunk_tokens: int = 8
-    max_chunk_tokens: int = 64
-    lock_chunk_tokens: int | None = None
-    playback_buffer_ms: float = 300.0
-    buffer_min_ms: float = 200.0
-    buffer_max_ms: float = 500.0
+    first_chunk_tokens: ChunkTokens = 12
+    target_chunk_tokens: ChunkTokens = 32
+    min_chunk_tokens: ChunkTokens = 8
+    max_chunk_tokens: ChunkTokens = 64
+    lock_chunk_tokens: ChunkTokens | None = None
+    playback_buffer_ms: BufferMs = 300.0
+    buffer_min_ms: BufferMs = 200.0
+    buffer_max_ms: BufferMs = 500.0
     pace_playback: bool = True
-    stall_timeout_s: float | None = 15.0
-    barge_in_fade_ms: float = 20.0
-    session_idle_timeout_s: float = 300.0
-    max_sessions: int = 64
-    drain_timeout_s: float = 30.0
-    config_reload_interval_s: float = 1.0
+    stall_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] | None = 15.0
+    barge_in_fade_ms: Annotated[float, msgspec.Meta(ge=0, le=30)] = 20.0
+    session_idle_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=86_400)] = 300.0
+    max_sessions: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 64
+    max_sessions_per_client: Annotated[int, msgspec.Meta(ge=1, le=100_000)] = 32
+    max_push_chars: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 16_384
+    max_turn_chars: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 100_000
+    drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
+    config_reload_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
     admin_key: str | None = None
     tracing_ui_url: str | None = None
     discovery_requires_key: bool = False
     wyoming_port: int | None = None
     wyoming_host: str | None = None
     wyoming_zeroconf: bool = False
+    allowed_origins: list[str] = []
     plugin_modules: list[str] = msgspec.field(
         default_factory=lambda: ["morpheus_tts.plugins.*"]
     )

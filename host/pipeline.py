@@ -283,6 +283,14 @@ async def _producer_stages(
         stream.close()  # type: ignore[attr-defined]
 
 
+CHUNK_OFF_LOOP_CHARS = 4096  # deltas longer than this are chunked in a worker thread
+
+
+def _chunk(chunker: Chunker, text: str, final: bool) -> list[str]:
+    pieces = chunker.push(text)
+    return pieces + chunker.flush() if final else pieces
+
+
 async def _chunk_stage(
     utt: Utterance,
     text_in: ObjectReceiveStream[TextDelta],
@@ -297,10 +305,13 @@ async def _chunk_stage(
                 continue  # text of an interrupted turn
             if spec.chunker is None:
                 pieces = [delta.text] if delta.text else []
+            elif len(delta.text) > CHUNK_OFF_LOOP_CHARS:
+                # Long deltas are cut in a worker thread, so the event loop keeps serving.
+                pieces = await anyio.to_thread.run_sync(
+                    _chunk, spec.chunker, delta.text, delta.final
+                )
             else:
-                pieces = spec.chunker.push(delta.text)
-                if delta.final:
-                    pieces += spec.chunker.flush()
+                pieces = _chunk(spec.chunker, delta.text, delta.final)
             for piece in pieces:
                 if utt.stats.first_segment_at is None:
                     utt.stats.first_segment_at = time.perf_counter()

