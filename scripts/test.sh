@@ -11,7 +11,7 @@ python -m pip install --quiet --upgrade pip
 # (about 5 minutes the first time; pip caches the wheel).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
   python -m pip install --quiet -c ci/constraints.txt -c ci/orpheus-constraints.txt \
-  -e ".[test,orpheus,orpheus-mlx]"
+  -e ".[test,orpheus,orpheus-mlx,kokoro]"
 command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl; }
 
 # pytest through its console script: the repo root stays off sys.path, so tests import the
