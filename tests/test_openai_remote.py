@@ -266,3 +266,32 @@ async def wait_for(condition, timeout_s: float = 5.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met")
         await anyio.sleep(0.02)
+
+
+async def test_a_barge_in_hands_the_remote_connection_back_at_once(remote: ScriptedRemote) -> None:
+    from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
+    from morpheus_tts.host.runtime import Runtime, SpeakRequest
+
+    second = np.zeros(24000, dtype="<i2").tobytes()
+    remote.pieces = [(second, 0.0)] + [(second, 0.5)] * 20  # 21 s of audio, slowly
+    config = MorpheusConfig(
+        server=ServerSettings(default_engine="openai-remote"),
+        plugins={
+            "remote": PluginEntry(module="morpheus_tts.plugins.engines.openai_remote",
+                                  settings={"base_url": remote.url, "voices": ["amber"],
+                                            "health_interval_s": 0}),
+            "sentence": PluginEntry(module="morpheus_tts.plugins.chunkers.sentence"),
+            "crossfade": PluginEntry(module="morpheus_tts.plugins.stitchers.crossfade"),
+        },
+    )
+    runtime = Runtime(config, entry_points=False)
+    async with runtime.running():
+        engine = runtime.registry.engine("openai-remote").engine
+        stream = runtime.stream(SpeakRequest(pace=False), "A long answer.")
+        async for _ in stream:
+            stream.barge_in(0)
+            break
+        async for _ in stream:
+            pass
+        await wait_for(lambda: engine.health()["active_streams"] == 0)
+        assert remote.pieces_sent < 10  # the remote was still sending when it was hung up on
