@@ -295,3 +295,25 @@ async def test_a_barge_in_hands_the_remote_connection_back_at_once(remote: Scrip
             pass
         await wait_for(lambda: engine.health()["active_streams"] == 0)
         assert remote.pieces_sent < 10  # the remote was still sending when it was hung up on
+
+
+@pytest.mark.parametrize(
+    ("plugin", "module"), [("remote", "openai_remote"), ("kokoro", "kokoro")]
+)
+def test_the_commented_plugins_toml_examples_are_valid_settings(plugin: str, module: str) -> None:
+    from conftest import ROOT
+    from morpheus_tts.plugins.engines import kokoro, openai_remote
+
+    struct = {"openai_remote": openai_remote.OpenAIRemoteSettings,
+              "kokoro": kokoro.KokoroSettings}[module]
+    lines = (ROOT / "plugins.toml").read_text().splitlines()
+    start = lines.index(f"# [plugins.{plugin}.settings]") + 1
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# ") or line.startswith("# ["):
+            break
+        block.append(line.removeprefix("# "))
+    table = msgspec.toml.decode("\n".join(block).encode())
+    assert len(table) >= 5
+    convert_settings(table, struct, f"plugins.{plugin}.settings")
+    assert f'# module = "morpheus_tts.plugins.engines.{module}"' in lines
