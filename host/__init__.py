@@ -18,6 +18,7 @@ from morpheus_tts.host.contracts import (
     Stitcher,
     SynthesisRequest,
     TurnRequest,
+    VoiceComposer,
     VoicePrompts,
 )
 from morpheus_tts.host.errors import MorpheusError
@@ -46,6 +47,7 @@ __all__ = [
     "TextDelta",
     "TokenFrames",
     "TurnRequest",
+    "VoiceComposer",
     "VoicePrompts",
     "hookimpl",
     "load_config",

@@ -17,7 +17,8 @@ How a request's `model` resolves to an engine:
 How `voice` resolves, within that engine:
 
 1. none given: `[server].default_voice` if the engine has it, else the engine's first voice;
-2. one of the engine's voices, or `engine:voice` naming this engine and one of its voices;
+2. one of the engine's voices, or `engine:voice` naming this engine and one of its voices, or
+   a voice the engine composes per request (`VoiceComposer`, e.g. a Kokoro blend);
 3. an alias: its targets in order (`engine:voice`, or a bare voice matched on this engine), the
    first the engine has wins; if it has none of them, its default voice (as in 1);
 4. `other-engine:voice` (as `GET /v1/audio/voices` lists the voices of engines other than the
@@ -35,6 +36,7 @@ from collections.abc import Mapping
 
 import msgspec
 from morpheus_tts.host.config import Aliases, MorpheusConfig
+from morpheus_tts.host.contracts import VoiceComposer
 from morpheus_tts.host.registry import LoadedEngine, UnknownComponentError
 
 DEFAULT = "default"
@@ -113,6 +115,9 @@ class AliasResolver:
         owner, _, bare = voice.rpartition(":")
         if voice in voices or (owner == engine and bare in voices):
             return (voice if voice in voices else bare), False
+        composer = self.engines[engine].engine
+        if isinstance(composer, VoiceComposer) and composer.accepts_voice(voice):
+            return voice, False  # composed per request (a Kokoro blend)
         if voice in self.voices:
             for target in _targets(self.voices[voice]):
                 owner, _, bare = target.rpartition(":")

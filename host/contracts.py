@@ -202,6 +202,16 @@ class VoicePrompts(Protocol):
         """Forget a voice added by `add_voice`."""
 
 
+@runtime_checkable
+class VoiceComposer(Protocol):
+    """An engine that also speaks voices composed per request, beyond `capabilities.voices`
+    (Kokoro's blends, `af_bella(2)+af_sky(1)`)."""
+
+    def accepts_voice(self, voice: str) -> bool:
+        """True if `voice` is a valid composition; it then reaches `SynthesisRequest.voice`.
+        Cheap and non-blocking: it runs while a request is resolved."""
+
+
 class CodecDecoder(Protocol):
     """One stream's decoder state: every output sample is emitted exactly once."""
 

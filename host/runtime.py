@@ -23,6 +23,7 @@ from morpheus_tts.host.config import (
     convert_settings,
     load_config,
 )
+from morpheus_tts.host.contracts import VoiceComposer
 from morpheus_tts.host.failover import Candidate
 from morpheus_tts.host.pipeline import Utterance, UtteranceSpec, open_utterance
 from morpheus_tts.host.rate import RateSettings
@@ -145,7 +146,10 @@ class Runtime:
         if voice is None:
             default = self.config.server.default_voice
             return default if default in voices else voices[0]
-        if voice not in voices:
+        composer = loaded.engine
+        if voice not in voices and not (
+            isinstance(composer, VoiceComposer) and composer.accepts_voice(voice)
+        ):
             raise UnknownComponentError(
                 "voice", voice, list(voices), where=f" for engine {loaded.name!r}"
             )

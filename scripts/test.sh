@@ -11,7 +11,7 @@ python -m pip install --quiet --upgrade pip
 # (about 5 minutes the first time; pip caches the wheel).
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_NATIVE=OFF}" \
   python -m pip install --quiet -c ci/constraints.txt -c ci/orpheus-constraints.txt \
-  -e ".[test,orpheus,orpheus-mlx,moss,moss-mlx]"
+  -e ".[test,orpheus,orpheus-mlx,moss,moss-mlx,kokoro]"
 # The real clients the conformance tests drive (LiveKit Agents, Pipecat) live in their own venv,
 # .venv-clients, so their pins never meet the server's; rebuilt only when their pins change.
 .venv/bin/python tests/clients_venv.py
