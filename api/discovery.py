@@ -18,6 +18,7 @@ from litestar.datastructures import State
 from litestar.handlers.base import BaseRouteHandler
 from litestar.params import FromQuery
 from morpheus_tts.api.errors import require_api_key
+from morpheus_tts.api.openapi import error_responses
 from morpheus_tts.api.speech import model_objects
 from morpheus_tts.host.aliases import AliasResolver
 from morpheus_tts.host.runtime import Runtime
@@ -82,7 +83,10 @@ def _engine_detail(runtime: Runtime) -> list[dict[str, Any]]:
     return details
 
 
-@get("/v1/audio/voices", guards=[discovery_guard], sync_to_thread=False)
+@get(
+    "/v1/audio/voices", guards=[discovery_guard], sync_to_thread=False,
+    responses=error_responses(400, 401),
+)
 def list_voices(state: State, legacy: FromQuery[bool] = False) -> dict[str, Any]:
     """The voices as objects (`id`, `name`, `engine`, `languages`, `default`, `details`), plus
     per-engine detail and the alias names; `?legacy=true`: Orpheus-FastAPI's list of names."""
@@ -102,7 +106,10 @@ def list_voices(state: State, legacy: FromQuery[bool] = False) -> dict[str, Any]
     }
 
 
-@get("/v1/audio/models", guards=[discovery_guard], sync_to_thread=False)
+@get(
+    "/v1/audio/models", guards=[discovery_guard], sync_to_thread=False,
+    responses=error_responses(401),
+)
 def list_audio_models(state: State) -> dict[str, Any]:
     """Speech models for pickers: `{"models": [{"id", "name", "engine", "owned_by"}]}`."""
     return {
@@ -113,7 +120,10 @@ def list_audio_models(state: State) -> dict[str, Any]:
     }
 
 
-@get(["/v1", "/v1/"], guards=[discovery_guard], sync_to_thread=False)
+@get(
+    ["/v1", "/v1/"], guards=[discovery_guard], sync_to_thread=False,
+    responses=error_responses(401),
+)
 def api_root(state: State) -> dict[str, Any]:
     """The API base answers (clients prewarm their connection with it)."""
     runtime: Runtime = state.runtime
