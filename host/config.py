@@ -92,7 +92,7 @@ class ServerSettings(msgspec.Struct, forbid_unknown_fields=True):
     max_push_chars: Annotated[int, msgspec.Meta(ge=1, le=10_000_000)] = 16_384
     max_turn_chars: Annotated[int, msgspec.Meta(ge=1, le=100_000_000)] = 100_000
     drain_timeout_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
-    config_reload_interval_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 1.0
+    config_reload_interval_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 1.0  # 0: off
     admin_key: str | None = None
     tracing_ui_url: str | None = None
     discovery_requires_key: bool = False

@@ -37,7 +37,6 @@ PROTECTED = [
     ("GET", "/adapters", None),
     ("GET", "/metrics", None),
     ("GET", "/v1/models", None),
-    ("GET", "/v1/audio/voices", None),
     ("POST", "/v1/audio/speech", {"model": "fault", "input": "Hi.", "voice": "tone"}),
     ("POST", "/speak", {"text": "Hi."}),
     ("POST", "/v1/sessions", {}),

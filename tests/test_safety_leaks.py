@@ -56,9 +56,11 @@ def test_piper_voice_paths_do_not_reveal_which_files_exist(server: LiveServer) -
     assert not ABSOLUTE_PATH.search(listed)
 
 
-def test_a_module_loaded_twice_is_refused_without_internals(server: LiveServer) -> None:
+def test_a_failing_load_is_refused_without_internals(server: LiveServer) -> None:
+    # A plugin whose settings don't fit its component: the error names the key, nothing else.
     response = httpx.post(server.url + "/plugins", json={
-        "name": "again", "module": "morpheus_tts.plugins.engines.fault"})
+        "name": "again", "module": "morpheus_tts.plugins.engines.fault",
+        "settings": {"no_such_setting": 1}})
     assert response.status_code == 422
     message = response.json()["error"]["message"]
     assert not ABSOLUTE_PATH.search(message)

@@ -32,7 +32,13 @@ import anyio
 import httpx
 import msgspec
 import numpy as np
-from morpheus_tts.host import Component, EngineCapabilities, SynthesisRequest, hookimpl
+from morpheus_tts.host import (
+    Component,
+    EngineCapabilities,
+    MorpheusError,
+    SynthesisRequest,
+    hookimpl,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ PCM_SCALE = 32767.0  # Morpheus writes round(x * 32767): dividing by it round-tr
 _ERROR_DETAIL_CHARS = 300
 
 
-class RemoteEngineError(RuntimeError):
+class RemoteEngineError(MorpheusError, RuntimeError):
     """A remote speech server failed a request.
 
     Args:
