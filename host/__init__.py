@@ -6,12 +6,14 @@ third-party plugin has exactly the power of a built-in one.
 
 from morpheus_tts.host.config import ConfigError, MorpheusConfig, load_config
 from morpheus_tts.host.contracts import (
+    CancellableSteps,
     Chunker,
     Codec,
     CodecDecoder,
     Component,
     Engine,
     EngineCapabilities,
+    EngineRequestError,
     EngineTurn,
     IncrementalEngine,
     NoSettings,
@@ -25,6 +27,7 @@ from morpheus_tts.host.hookspecs import hookimpl
 
 __all__ = [
     "BargeIn",
+    "CancellableSteps",
     "Chunker",
     "Codec",
     "CodecDecoder",
@@ -32,6 +35,7 @@ __all__ = [
     "ConfigError",
     "Engine",
     "EngineCapabilities",
+    "EngineRequestError",
     "EngineTurn",
     "Event",
     "IncrementalEngine",

@@ -6,11 +6,19 @@ Blocking inference runs one step per worker-thread call behind the engine's Capa
 cancelling the utterance (client gone, barge-in) is noticed between steps, so every stage and
 the worker stop within one engine step and nothing is left running.
 
+There is one stream path, text deltas in and PCM out; what sits between text and audio depends
+on the engine's shape. A turn-shaped engine (`capabilities.incremental_text`) gets the deltas
+straight in (`host.turn_stage`: one `EngineTurn` per utterance, one segment, one codec decoder).
+A segment engine is presented as a turn by its chunker, the adapter (LiveKit's StreamAdapter):
+the chunk stage cuts the deltas into segments and `host.engine_stage` speaks them one by one.
+
 Realtime control lives beside it: `host.rate` picks each request's chunk size and pauses the
 engine while the client's buffer is full; `host.failover` times out stalled steps, retries and
-moves to the next engine. Barge-in (`Utterance.barge_in`) travels as a control path, not
-behind queued audio: it bumps the generation (every stage and the reader drop older events),
-cancels the text and engine stages, and makes the stitcher end with a short fade.
+moves to the next engine. Barge-in (`Utterance.barge_in`) is a `BargeIn` event published on the
+utterance's control bus (`host.bus`), ahead of queued audio: it bumps the generation (every
+stage and the reader drop older events); the chunk stage forgets buffered text; the engine
+stages stop (a turn-shaped engine hears `interrupt(heard)` with what the client was sent, then
+`close()`); the stitcher ends with a short fade.
 
 The TaskGroup lives in the `open_utterance` context manager, never across the `yield` of an
 async generator (anyio's cancel scopes must exit in the task that entered them).
@@ -23,7 +31,7 @@ import math
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -31,17 +39,19 @@ import anyio
 import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from morpheus_tts.host.bus import ControlBus
 from morpheus_tts.host.contracts import Chunker, Codec, Stitcher
 from morpheus_tts.host.engine_stage import engine_stage
-from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
+from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.failover import Candidate
+from morpheus_tts.host.observer import NULL_OBSERVER
 from morpheus_tts.host.rate import RateController, RateSettings
 from morpheus_tts.host.registry import LoadedEngine
 from morpheus_tts.host.speed import SegmentStretcher
-from morpheus_tts.observability import NULL_OBSERVER
+from morpheus_tts.host.turn_stage import turn_stage
 
 if TYPE_CHECKING:
-    from morpheus_tts.observability import Outcome, UtteranceObserver, UtteranceProbe
+    from morpheus_tts.host.observer import Outcome, UtteranceObserver, UtteranceProbe
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -57,12 +67,14 @@ class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
     `failover` lists the engines to move to (with their voices) when `engine` fails;
     `codecs` holds the codec of every token engine among them. `observer` is told what
     happens (spans, metrics, logs); `request_id`, `response_format` and `trace` (a W3C
-    carrier to continue) are for it.
+    carrier to continue) are for it. `session_id`, `turn` and `user_text` reach a
+    turn-shaped engine's `TurnRequest`; `on_unavailable` is told of an engine failover gave
+    up on (its recovery probe starts).
     """
 
     engine: LoadedEngine
     voice: str | None
-    chunker: Chunker | None
+    chunker: Chunker
     stitcher: Stitcher
     codec: Codec | None = None
     speed: float = 1.0
@@ -77,6 +89,10 @@ class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
     response_format: str | None = None
     trace: dict[str, str] | None = None
+    session_id: str | None = None
+    turn: int = 1
+    user_text: str | None = None
+    on_unavailable: Callable[[LoadedEngine, str], None] | None = None
     stream_id: str = msgspec.field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
@@ -136,6 +152,9 @@ class Utterance:
             spec.rate, sample_rate=spec.stitcher.sample_rate, low_latency=spec.low_latency
         )
         self.fade_ms: float | None = None  # set by barge_in
+        self.bus = ControlBus()
+        self.barged: BargeIn | None = None  # the barge-in, once it came
+        self.delivered_samples = 0.0  # output samples the client was sent (`consumed`)
         self._text_in = text_in
         self._cancel_scope = cancel_scope
         self._producers = anyio.CancelScope()  # the text and engine stages
@@ -171,14 +190,16 @@ class Utterance:
 
     def consumed(self, samples: float) -> None:
         """The client took `samples` of the audio (a socket accepted them): feeds rate control."""
+        self.delivered_samples += samples
         self.rate.consumed(samples)
 
     def barge_in(self, fade_ms: float | None = None) -> None:
         """Stop speaking now: at most `fade_ms` of faded audio follows, then the final chunk.
 
-        Bumps the generation, so audio already queued is dropped by every stage and by the
-        reader of `audio`; cancels the text and engine stages (the engine's step in flight
-        finishes and is discarded: the engine stays usable). `fade_ms=0` cuts.
+        Publishes a `BargeIn` on the control bus with a new generation, so audio already
+        queued is dropped by every stage and by the reader of `audio`; the text and engine
+        stages stop (a step in flight is cancelled if the engine can stop it, else finishes
+        and is discarded: the engine stays usable). `fade_ms=0` cuts.
         """
         if self.interrupted:
             return
@@ -186,8 +207,19 @@ class Utterance:
         self.generation += 1
         self.stats.interrupted = True
         self.probe.record_interrupted(round(self.fade_ms))
-        self._producers.cancel()
-        self._stitching.cancel()
+        self.barged = BargeIn(
+            stream_id=self.stream_id, generation=self.generation, fade_ms=self.fade_ms,
+            delivered=int(self.delivered_samples), trace=self.probe.trace,
+        )
+        self.bus.publish(self.barged)
+
+    def _stop_producers(self, event: Event) -> None:
+        if isinstance(event, BargeIn):
+            self._producers.cancel()
+
+    def _stop_stitching(self, event: Event) -> None:
+        if isinstance(event, BargeIn):
+            self._stitching.cancel()
 
     def cancel(self) -> None:
         """Stop every stage now; the engine's current step finishes and is discarded."""
@@ -234,6 +266,8 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
     try:
         async with anyio.create_task_group() as tg:
             utterance = Utterance(spec, text_send, out_recv, tg.cancel_scope, stats, probe)
+            utterance.bus.subscribe("engine", utterance._stop_producers)
+            utterance.bus.subscribe("stitcher", utterance._stop_stitching)
             with probe.activated():  # tasks started here inherit the request id and span
                 tg.start_soon(
                     _producer_stages, utterance, text_recv, seg_send, seg_recv, raw_send
@@ -274,11 +308,18 @@ async def _producer_stages(
     segments_in: ObjectReceiveStream[TextDelta],
     raw_out: ObjectSendStream[PCMChunk | TokenFrames],
 ) -> None:
-    """The text and engine stages under one cancel scope, which barge-in cancels."""
+    """The text and engine stages under one cancel scope, which barge-in cancels.
+
+    A turn-shaped engine takes the text deltas itself; a segment engine hears them through
+    the chunk stage (the adapter that presents it as a turn).
+    """
     with utt._producers:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_chunk_stage, utt, text_in, segments_out)
-            tg.start_soon(engine_stage, utt, segments_in, raw_out)
+            if utt.spec.engine.turn_shaped:
+                tg.start_soon(turn_stage, utt, text_in, raw_out)
+            else:
+                tg.start_soon(_chunk_stage, utt, text_in, segments_out)
+                tg.start_soon(engine_stage, utt, segments_in, raw_out)
     for stream in (text_in, segments_out, segments_in, raw_out):
         stream.close()  # type: ignore[attr-defined]
 
@@ -288,19 +329,22 @@ async def _chunk_stage(
     text_in: ObjectReceiveStream[TextDelta],
     segments_out: ObjectSendStream[TextDelta],
 ) -> None:
-    """Cut text deltas into segments; pass them through whole for incremental engines."""
+    """Cut text deltas into segments for a segment engine; a barge-in forgets buffered text."""
     spec = utt.spec
     index = 0
+
+    def forget(event: Event) -> None:
+        if isinstance(event, BargeIn):
+            spec.chunker.reset()
+
+    utt.bus.subscribe("chunker", forget)
     async with text_in, segments_out:
         async for delta in text_in:
             if delta.generation < utt.generation:
                 continue  # text of an interrupted turn
-            if spec.chunker is None:
-                pieces = [delta.text] if delta.text else []
-            else:
-                pieces = spec.chunker.push(delta.text)
-                if delta.final:
-                    pieces += spec.chunker.flush()
+            pieces = spec.chunker.push(delta.text)
+            if delta.final:
+                pieces += spec.chunker.flush()
             for piece in pieces:
                 if utt.stats.first_segment_at is None:
                     utt.stats.first_segment_at = time.perf_counter()

@@ -11,8 +11,9 @@ and drops their queued audio. Every event carries its turn's generation and audi
 again on the way out, so no audio of an interrupted turn reaches the next one (Pipecat #754).
 
 Engine state that survives turns (MOSS-TTS-Realtime's KV cache) is keyed by the session id:
-engines receive `options["session_id"]` with every segment and, if they define
-`end_session(session_id)`, are told when the session ends (`host.session_manager`).
+a turn-shaped engine gets `TurnRequest(session_id=..., turn=n)` for every turn (never in
+`options`), and `end_session(session_id)` once the session ends (`host.session_manager`).
+Segment engines (Piper, Orpheus) see neither: each turn is a fresh utterance to them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
+import msgspec
 import numpy as np
 from morpheus_tts.host.failover import DegradedWatch
 from morpheus_tts.host.registry import EngineUnloadedError, UnknownComponentError
@@ -97,7 +99,7 @@ class Session:
 
     Args:
         session_id: the unguessable id.
-        request: engine and voice pinned, `options["session_id"]` set.
+        request: engine, voice and `session_id` pinned.
         runtime: the server's runtime.
         spawn: runs a background task (`StreamHost.start_soon`).
     """
@@ -204,6 +206,12 @@ class Session:
             )
         return interrupted
 
+    async def wait_turns(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every turn of the session has finished."""
+        with anyio.move_on_after(timeout_s):
+            for turn in list(self._active):
+                await turn.done.wait()
+
     def _check_open(self) -> None:
         if self.closed:
             raise SessionError(f"session {self.id} is {self.closed_reason}", "session_closed")
@@ -277,7 +285,8 @@ class Session:
         self._emit(turn, TurnStarted(**common))
         watch = DegradedWatch(self.engine)
         try:
-            async with self._runtime.speak(self.request) as utterance:
+            request = msgspec.structs.replace(self.request, turn=turn.index)
+            async with self._runtime.speak(request) as utterance:
                 turn.utterance = utterance
                 if self._interrupted_span is not None:  # the first turn after a barge-in
                     utterance.probe.record_barge_in(self._interrupted_span)

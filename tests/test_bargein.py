@@ -80,7 +80,7 @@ async def test_the_engine_stops_and_stays_usable_for_the_next_turn() -> None:
         assert stopped_at < 50
         await anyio.sleep(0.1)  # several steps' worth: nothing more runs
         assert loaded.engine.steps_started == stopped_at
-        assert loaded.limiter.borrowed_tokens == 0 and loaded.active_streams == 0
+        assert loaded.limiter.borrowed_tokens == 0 and loaded.open_utterances == 0
         # The next turn speaks in full, in its own voice only.
         async with runtime.speak(SpeakRequest(pace=False), NEW) as utterance:
             chunks = [chunk async for chunk in utterance.audio]

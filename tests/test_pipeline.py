@@ -58,7 +58,7 @@ async def test_cancel_mid_utterance_leaves_no_task_or_busy_worker() -> None:
         await anyio.sleep(0.2)  # several engine steps' worth of time
         assert engine.engine.steps_started == started
         assert engine.engine.steps_finished == started
-        assert engine.active_streams == 0
+        assert engine.open_utterances == 0
 
 
 async def test_background_stream_closed_by_consumer_stops_synthesis() -> None:
@@ -70,7 +70,7 @@ async def test_background_stream_closed_by_consumer_stops_synthesis() -> None:
             break
         await stream.aclose()
         with anyio.fail_after(5):
-            while engine.limiter.borrowed_tokens or engine.active_streams:
+            while engine.limiter.borrowed_tokens or engine.open_utterances:
                 await anyio.sleep(0.01)
         started = engine.engine.steps_started
         await anyio.sleep(0.2)
@@ -94,4 +94,4 @@ async def test_piper_cancellation_leaves_no_busy_worker() -> None:
         async with runtime.speak(SpeakRequest(), text) as utterance:
             await utterance.audio.receive()
         assert piper.limiter.borrowed_tokens == 0
-        assert piper.active_streams == 0
+        assert piper.open_utterances == 0
