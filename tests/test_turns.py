@@ -30,7 +30,7 @@ def expected_audio(words: list[str], per_word: int = 2400, rate: int = 24000) ->
     parts, offset = [], 0
     for word in words:
         t = (np.arange(per_word) + offset) / rate
-        parts.append((0.25 * np.sin(2 * np.pi * turn_engine.word_pitch(word) * t)))
+        parts.append(0.25 * np.sin(2 * np.pi * turn_engine.word_pitch(word) * t))
         offset += per_word
     return np.concatenate(parts).astype(np.float32)
 
