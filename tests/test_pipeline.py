@@ -95,3 +95,24 @@ async def test_piper_cancellation_leaves_no_busy_worker() -> None:
             await utterance.audio.receive()
         assert piper.limiter.borrowed_tokens == 0
         assert piper.open_utterances == 0
+
+
+async def test_a_cancelled_piper_step_is_terminated_not_waited_for() -> None:
+    runtime = Runtime(entry_points=False)
+    async with runtime.running():
+        piper = runtime.registry.engine("piper")
+        long_sentence = "and then the story went on " * 40 + "."  # one ONNX call, seconds long
+        stream = runtime.stream(SpeakRequest(), long_sentence)
+        await stream.started()
+        with anyio.fail_after(30):
+            while not piper.limiter.borrowed_tokens:
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)  # the ONNX run is under way
+            await stream.aclose()
+            while piper.limiter.borrowed_tokens or piper.open_utterances:
+                await anyio.sleep(0.005)
+        assert piper.engine.steps_cancelled == 1
+        # The engine is usable at once.
+        async with runtime.speak(SpeakRequest(pace=False), "Next.") as utterance:
+            audio = [chunk async for chunk in utterance.audio]
+        assert sum(len(c.samples) for c in audio) > 0

@@ -125,3 +125,23 @@ async def test_orpheus_speaks_in_a_realtime_session(tmp_path: Path) -> None:
             assert "turn.error" not in kinds, events
             assert len(turn_audio(events, turn)) > 0
         await manager.close(session.id)
+
+
+def test_a_cancelled_orpheus_step_stops_between_tokens(tmp_path: Path) -> None:
+    from morpheus_tts.host import SynthesisRequest
+    from morpheus_tts.plugins.engines.orpheus import OrpheusEngine, OrpheusSettings
+
+    gguf = write_tiny_orpheus_gguf(tmp_path / "tiny.gguf")
+    settings = OrpheusSettings(model_path=str(gguf), n_ctx=2048, n_threads=1, max_tokens=700)
+    engine = OrpheusEngine(settings)
+    anyio.run(engine.start)
+    try:
+        steps = engine.synthesize(SynthesisRequest(text="Hello there.", chunk_size=7,
+                                                   options={"seed": 3}))
+        assert len(next(steps)) == 1
+        steps.cancel()
+        with pytest.raises(StopIteration):
+            next(steps)
+        steps.close()
+    finally:
+        anyio.run(engine.stop)
