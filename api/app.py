@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
-from morpheus_tts.api import admin, legacy, realtime, sessions, speech
+from morpheus_tts.api import admin, legacy, realtime, sessions, speech, voices
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
 from morpheus_tts.host.config import MorpheusConfig, load_config
 from morpheus_tts.host.runtime import Runtime
@@ -71,7 +71,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
-            *admin.ROUTES,
+            *admin.ROUTES, *voices.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
             create_static_files_router(
                 path="/", directories=[WEB_DIR], html_mode=True, include_in_schema=False
