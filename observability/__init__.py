@@ -108,8 +108,9 @@ class _UtteranceTelemetry:
                 attributes["tts.format"] = spec.response_format
             if spec.request_id:
                 attributes["tts.request_id"] = spec.request_id
-            if isinstance(spec.options.get("session_id"), str):
-                attributes["tts.session_id"] = spec.options["session_id"]
+            if spec.session_id is not None:
+                attributes["tts.session_id"] = spec.session_id
+                attributes["tts.turn"] = spec.turn
             self.spans = UtteranceSpans(
                 telemetry.tracer, attributes, spec.trace, start_ns=self._ns(stats.started_at),
                 # One trace per session turn, linked to the request or socket that opened it.
