@@ -193,11 +193,13 @@ class Session:
         for turn in interrupted:
             turn.state = "interrupted"
             if turn.utterance is not None:
-                # Stops the engine between steps and drops the turn's queued audio in every
-                # stage (generation bump); a session cuts, the fade is for streamed responses.
-                turn.utterance.barge_in(0)
+                # Stops the engine (a turn-shaped one hears interrupt(heard)) and drops the
+                # turn's queued audio in every stage; the turn ends with a short fade, which
+                # `_speak` still delivers (`fade_out`), as a streamed response does.
+                turn.utterance.barge_in()
                 self._interrupted_span = turn.utterance.probe.span_context
-            turn.scope.cancel()
+            else:
+                turn.scope.cancel()
             turn.text_send.close()
         self._queue.drop_audio(self.generation)
         for turn in interrupted:
@@ -250,7 +252,8 @@ class Session:
         """
         while True:
             event = await self._queue.get(lease)
-            if isinstance(event, AudioDelta) and event.generation < self.generation:
+            stale = isinstance(event, AudioDelta) and event.generation < self.generation
+            if stale and not event.fade_out:
                 continue
             return event
 
@@ -296,6 +299,11 @@ class Session:
                     async for chunk in utterance.audio:
                         if len(chunk.samples) == 0:
                             continue
+                        if turn.state == "interrupted":  # the barge-in's faded tail
+                            await self._put_audio(
+                                turn, chunk.samples, chunk.sample_rate, fade_out=True
+                            )
+                            continue
                         if first_audio is None:
                             first_audio = time.perf_counter()
                         if notice := watch.check(utterance.stats):
@@ -311,6 +319,8 @@ class Session:
             log.warning("session turn failed", extra={"session": self.id, "error": str(error)})
             self._emit(turn, TurnError(**common, message=str(error), code=_error_code(error)))
             return
+        if turn.state == "interrupted":
+            return  # ended by its fade; `turn.interrupted` was already sent
         turn.state = "done"
         wall_ms = 1000.0 * (time.perf_counter() - started)
         audio_ms = turn.audio_ms
@@ -337,15 +347,20 @@ class Session:
                 if final:
                     return
 
-    async def _put_audio(self, turn: Turn, samples: np.ndarray, sample_rate: int) -> None:
+    async def _put_audio(
+        self, turn: Turn, samples: np.ndarray, sample_rate: int, *, fade_out: bool = False
+    ) -> None:
         event = AudioDelta(
             session_id=self.id, turn=turn.index, generation=turn.generation,
             samples=samples, sample_rate=sample_rate, seq=turn.chunks, start=turn.samples,
+            fade_out=fade_out,
         )
         turn.chunks += 1
         turn.samples += len(samples)
         turn.sample_rate = sample_rate
-        await self._queue.put_audio(event, lambda: turn.generation < self.generation)
+        await self._queue.put_audio(
+            event, lambda: turn.generation < self.generation and not fade_out
+        )
 
     def _emit(self, turn: Turn, event: SessionEvent) -> None:
         if turn.generation == self.generation and turn.state != "interrupted":
