@@ -167,19 +167,18 @@ class Utterance:
         return self.fade_ms is not None
 
     async def send_text(self, text: str, *, final: bool = False) -> None:
-        """Push a text delta; `final=True` ends the text. Ignored after a barge-in."""
+        """Push a text delta; `final=True` ends the text. Ignored after a barge-in, and once
+        the text stage has stopped (it failed: the error comes out of the utterance)."""
         if self.interrupted:
             return
-        await self._text_in.send(
-            TextDelta(
-                stream_id=self.stream_id,
-                generation=self.generation,
-                seq=self._text_seq,
-                text=text,
-                final=final,
-                trace=self.probe.trace,
-            )
+        delta = TextDelta(
+            stream_id=self.stream_id, generation=self.generation, seq=self._text_seq,
+            text=text, final=final, trace=self.probe.trace,
         )
+        try:
+            await self._text_in.send(delta)
+        except anyio.BrokenResourceError:
+            return
         self._text_seq += 1
         if final:
             await self._text_in.aclose()
