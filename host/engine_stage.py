@@ -111,7 +111,8 @@ async def _speak_segment(
                 caps, output, segment.stream_id, segment.segment, utt.rate.chunks,
                 utt.generation, segment.trace,
             )
-            units = request.chunk_size if caps.output == "tokens" else None
+            counted = caps.chunk_unit is not None or caps.output == "tokens"
+            units = request.chunk_size if counted else None
             utt.rate.produced(_duration_ms(event, utt.spec), _ms_since(started), units=units)
             if utt.stats.first_byte_at is None:
                 utt.stats.first_byte_at = time.perf_counter()

@@ -328,6 +328,7 @@ class OrpheusEngine:
             codec=settings.codec,
             streaming=True,
             native_speed=False,
+            chunk_unit="tokens",
         )
 
     async def start(self) -> None:
