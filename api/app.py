@@ -13,7 +13,7 @@ from litestar import Litestar, get
 from litestar.datastructures import State
 from litestar.response import Response
 from litestar.static_files import create_static_files_router
-from morpheus_tts.api import admin, discovery, legacy, realtime, sessions, speech
+from morpheus_tts.api import admin, discovery, legacy, realtime, sessions, speech, voices
 from morpheus_tts.api.errors import EXCEPTION_HANDLERS
 from morpheus_tts.api.openapi import openapi_config, viewer_assets
 from morpheus_tts.api.security import security_middleware
@@ -102,7 +102,7 @@ def create_app(
     return Litestar(
         route_handlers=[
             health, *speech.ROUTES, *legacy.ROUTES, *sessions.ROUTES, *realtime.ROUTES,
-            *admin.ROUTES, *discovery.ROUTES,
+            *admin.ROUTES, *discovery.ROUTES, *voices.ROUTES,
             metrics_handler(metrics_registry(runtime, session_manager)),
             viewer_assets(),
             create_static_files_router(

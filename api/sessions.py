@@ -187,7 +187,7 @@ def session_info(session: Session, manager: SessionManager) -> dict[str, Any]:
 def event_json(event: SessionEvent) -> dict[str, Any]:
     """An event as JSON: audio becomes base64 little-endian pcm16 under `audio`."""
     if isinstance(event, AudioDelta):
-        return {
+        body = {
             "type": "audio.delta",
             "session_id": event.session_id,
             "turn": event.turn,
@@ -197,6 +197,9 @@ def event_json(event: SessionEvent) -> dict[str, Any]:
             "sample_rate": event.sample_rate,
             "audio": base64.b64encode(pcm16(event.samples)).decode("ascii"),
         }
+        if event.fade_out:
+            body["fade_out"] = True  # the faded tail of a turn cut by barge-in
+        return body
     return msgspec.to_builtins(event)
 
 

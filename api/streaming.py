@@ -25,13 +25,13 @@ from typing import Any
 import anyio
 import msgspec
 import numpy as np
-import soxr
 from litestar import Request
 from litestar.datastructures import State
 from morpheus_tts.api.encoders import AudioEncoder, new_encoder
 from morpheus_tts.api.errors import OpenAIError, scrub
 from morpheus_tts.api.schemas import AudioDelta, AudioDone, Usage
 from morpheus_tts.host.config import read_environment
+from morpheus_tts.host.contracts import EngineRequestError
 from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import PCMChunk
 from morpheus_tts.host.failover import DegradedWatch
@@ -140,8 +140,6 @@ class OpenedAudio:
         self.stream = stream
         self._rest = rest
         self._first: PCMChunk | None = None
-        self._resampler: Any = None
-        self._source_rate = OUTPUT_RATE  # the utterance's own rate, for `sent`
         self.samples_out = 0
         stream.report_consumption()
 
@@ -154,22 +152,31 @@ class OpenedAudio:
     def sent(self, samples: int) -> None:
         """The socket accepted `samples` (at 24 kHz): rate control's playback model hears it."""
         if samples:
-            self.stream.consumed(samples * self._source_rate / OUTPUT_RATE)
+            self.stream.consumed(samples)
 
     @classmethod
     def start(cls, runtime: Runtime, request: SpeakRequest, text: str) -> OpenedAudio:
-        """Start the utterance in the background (raises the runtime's resolution errors)."""
-        stream = runtime.stream(request, text)
+        """Start the utterance in the background (raises the runtime's resolution errors).
+
+        The utterance's stitcher produces OpenAI's 24 kHz itself: one resampler per stream.
+        """
+        stream = runtime.stream(msgspec.structs.replace(request, sample_rate=OUTPUT_RATE), text)
         return cls(stream, aiter(stream))
 
     async def wait_first(self) -> None:
         """Wait for the first chunk (or the end of a stream without audio).
 
         Raises:
-            OpenAIError: 500 when the engine fails before producing audio.
+            OpenAIError: 400 when the engine refuses the request (a bad option: not retried,
+                no failover); 500 when it fails before producing audio.
         """
         try:
             self._first = await anext(self._rest, None)
+        except EngineRequestError as exc:
+            await self.aclose()
+            raise OpenAIError(
+                400, f"The engine refused the request: {exc}", code="invalid_value"
+            ) from None
         except Exception as exc:
             await self.aclose()
             log.exception("engine failed before the first chunk", exc_info=exc)
@@ -190,14 +197,13 @@ class OpenedAudio:
         """
         limit = FIRST_SLICE_SAMPLES
         async for chunk in self._chunks():
-            samples = self._at_output_rate(chunk)
+            if chunk.sample_rate != OUTPUT_RATE:
+                raise RuntimeError(f"stream at {chunk.sample_rate} Hz, not {OUTPUT_RATE}")
+            samples = chunk.samples
+            self.samples_out += len(samples)
             while len(samples):
                 yield samples[:limit]
                 samples, limit = samples[limit:], SLICE_SAMPLES
-        if self._resampler is not None:
-            tail = self._resampler.resample_chunk(np.zeros(0, np.float32), last=True)
-            self.samples_out += len(tail)
-            yield tail
 
     async def _chunks(self) -> AsyncIterator[PCMChunk]:
         if self._first is None:
@@ -206,18 +212,6 @@ class OpenedAudio:
         yield first
         async for chunk in self._rest:
             yield chunk
-
-    def _at_output_rate(self, chunk: PCMChunk) -> np.ndarray:
-        samples = chunk.samples
-        self._source_rate = chunk.sample_rate
-        if chunk.sample_rate != OUTPUT_RATE:
-            if self._resampler is None:
-                self._resampler = soxr.ResampleStream(
-                    chunk.sample_rate, OUTPUT_RATE, 1, dtype="float32"
-                )
-            samples = self._resampler.resample_chunk(samples, last=False)
-        self.samples_out += len(samples)
-        return samples
 
     @property
     def duration_s(self) -> float:

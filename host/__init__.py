@@ -6,12 +6,14 @@ third-party plugin has exactly the power of a built-in one.
 
 from morpheus_tts.host.config import ConfigError, MorpheusConfig, load_config
 from morpheus_tts.host.contracts import (
+    CancellableSteps,
     Chunker,
     Codec,
     CodecDecoder,
     Component,
     Engine,
     EngineCapabilities,
+    EngineRequestError,
     EngineTurn,
     IncrementalEngine,
     NoSettings,
@@ -28,6 +30,7 @@ from morpheus_tts.host.speed import time_stretch
 
 __all__ = [
     "BargeIn",
+    "CancellableSteps",
     "Chunker",
     "Codec",
     "CodecDecoder",
@@ -35,6 +38,7 @@ __all__ = [
     "ConfigError",
     "Engine",
     "EngineCapabilities",
+    "EngineRequestError",
     "EngineTurn",
     "Event",
     "IncrementalEngine",

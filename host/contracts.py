@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import msgspec
 import numpy as np
+from morpheus_tts.host.errors import MorpheusError
 
 Kind = Literal["engine", "codec", "chunker", "stitcher"]
 
@@ -81,9 +82,14 @@ class EngineCapabilities(msgspec.Struct, frozen=True, kw_only=True):
         streaming: it yields several chunks per segment rather than one.
         incremental_text: it takes text deltas directly (the host skips the chunker).
         native_speed: it applies `SynthesisRequest.speed` itself.
-        voice_cloning: it accepts a reference voice prompt.
+        voice_cloning: it accepts a reference voice prompt (`VoicePrompts.add_voice`).
         languages: voice name -> the BCP 47 language it speaks (`en-US`); a voice missing
             here speaks an unknown language (listings show none).
+        chunk_unit: what `SynthesisRequest.chunk_size` counts for it: "tokens" (Orpheus: 7
+            per frame) or "frames" (codec frames, MOSS-TTS-Realtime: 12.5 per second); the
+            rate controller's sizes are in this unit. None: it ignores chunk sizes.
+        max_concurrent_streams: blocking steps it runs at once (the size of its capacity
+            limiter); more than 1 only for engines whose steps share no mutable state.
     """
 
     output: Literal["pcm", "tokens"] = "pcm"
@@ -95,6 +101,38 @@ class EngineCapabilities(msgspec.Struct, frozen=True, kw_only=True):
     native_speed: bool = False
     voice_cloning: bool = False
     languages: dict[str, str] = {}
+    chunk_unit: Literal["tokens", "frames"] | None = None
+    max_concurrent_streams: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_concurrent_streams < 1:
+            raise ValueError(
+                f"max_concurrent_streams must be >= 1, got {self.max_concurrent_streams}"
+            )
+
+
+class EngineRequestError(MorpheusError, ValueError):
+    """The request can never succeed on this engine (an unknown option or voice, a value out
+    of range). Raise it (or a plain ValueError from `synthesize()`/`open_turn()` themselves,
+    before the first step) and the host neither retries nor fails over: the client is told.
+    """
+
+
+@runtime_checkable
+class CancellableSteps(Protocol):
+    """A sync step iterator that can stop a step while it runs (optional, for any engine).
+
+    When the utterance is cancelled (client gone, barge-in) while a step runs in its worker
+    thread, the host calls `cancel()` from the event loop; the running step should return or
+    raise soon after (Piper: onnxruntime `RunOptions.terminate`; llama.cpp: stop between
+    tokens), so the engine is free for the next request. The iterator is not used again.
+    """
+
+    def __next__(self) -> np.ndarray:
+        """One blocking step."""
+
+    def cancel(self) -> None:
+        """Stop the running step soon; thread-safe, idempotent."""
 
 
 EngineOutput = Iterator[np.ndarray] | AsyncIterator[np.ndarray]
@@ -162,7 +200,14 @@ class EngineTurn(Protocol):
     """One open turn. Every iterator is *sync*: each `next()` is one blocking step that the host
     runs in a worker thread behind the engine's capacity limiter, so the event loop never stalls
     and cancellation is noticed between steps. Iterators yield what `Engine.synthesize` yields:
-    float32 samples (pcm engines) or int frames shaped (frames, codebooks) (token engines).
+    float32 samples (pcm engines) or int frames shaped (frames, codebooks) (token engines); an
+    iterator may also offer `cancel()` (`CancellableSteps`).
+
+    Lifetime, as the host drives it: `push_text` for every text delta (its iterator run to the
+    end before the next delta), then `end_text` once, then `close`. On barge-in, or when the
+    turn fails and is replayed elsewhere, the host instead calls `interrupt(heard)` then
+    `close`, holding the engine's limiter, so no step of the turn runs meanwhile. All of a
+    turn's output is one segment: one codec decoder, no crossfade inside it.
     """
 
     def push_text(self, delta: str) -> Iterator[np.ndarray]:
@@ -173,8 +218,9 @@ class EngineTurn(Protocol):
 
     def interrupt(self, heard: int) -> None:
         """Barge-in, called between steps: end the turn now, keeping in the session's context
-        its first `heard` units of output (frames for token engines, samples for pcm engines);
-        drop everything else."""
+        its first `heard` units of output (frames for token engines, samples at
+        `capabilities.sample_rate` for pcm engines); drop everything else. `heard` is what the
+        client was actually sent (an upper bound of what it played), 0 when nothing was."""
 
     def close(self) -> None:
         """The turn is over (normally or after `interrupt`); idempotent."""
@@ -188,7 +234,8 @@ class IncrementalEngine(Engine, Protocol):
         """Open a turn. Cheap and non-blocking: heavy work happens in the first step."""
 
     def end_session(self, session_id: str) -> None:
-        """The session ended (deleted or expired): free its state. Called once."""
+        """The session ended (deleted or expired): free its state. Called once per session,
+        after its last turn closed; never for one-shot turns (`session_id=None`)."""
 
 
 @runtime_checkable
@@ -196,10 +243,20 @@ class VoicePrompts(Protocol):
     """An engine that clones voices (`capabilities.voice_cloning`)."""
 
     def add_voice(self, name: str, audio: np.ndarray, sample_rate: int) -> None:
-        """Register `name` from a reference recording (mono float32); encoded once."""
+        """Register `name` from a reference recording (mono float32 at `sample_rate` Hz),
+        encoded once (with the engine's codec). From then on `capabilities.voices` lists
+        `name` (the engine replaces its capabilities) and requests may use it.
+
+        Raises:
+            ValueError: the recording is unusable (too short, silent); the message says why.
+        """
 
     def remove_voice(self, name: str) -> None:
-        """Forget a voice added by `add_voice`."""
+        """Forget a voice added by `add_voice` (it leaves `capabilities.voices`).
+
+        Raises:
+            KeyError: `name` was not added by `add_voice`.
+        """
 
 
 @runtime_checkable

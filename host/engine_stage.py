@@ -17,7 +17,7 @@ import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
 from morpheus_tts.host.contracts import EngineCapabilities, SynthesisRequest
 from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
-from morpheus_tts.host.failover import Candidate, FailoverPolicy, SegmentLog
+from morpheus_tts.host.failover import Candidate, FailoverPolicy, SegmentLog, is_final_error
 from morpheus_tts.host.rate import RateController
 
 if TYPE_CHECKING:
@@ -37,7 +37,10 @@ async def engine_stage(
         [Candidate(spec.engine, spec.voice), *spec.failover],
         stall_timeout_s=spec.stall_timeout_s,
         on_failover=utt.probe.record_failover,
+        on_unavailable=spec.on_unavailable,
     )
+    stats.engine, stats.degraded = policy.engine.name, policy.degraded
+    stats.failures = list(policy.failures)
     log = SegmentLog(segments_in, split_first=_low_latency_split(spec))
     audio_sent = False  # once audio left the engine, failover can't replay what was heard
     unrecovered: Exception | None = None  # a failure no later attempt has spoken past yet
@@ -57,12 +60,8 @@ async def engine_stage(
                 low_latency=rate.low_latency,
             )
             request = policy.request(base, spec.rate.min_chunk)
-            loaded.active_streams += 1
             utt.probe.on_segment_start(segment.segment, segment.text)
-            try:
-                spoke, failure = await _speak_segment(utt, policy, request, segment, raw_out)
-            finally:
-                loaded.active_streams -= 1
+            spoke, failure = await _speak_segment(utt, policy, request, segment, raw_out)
             utt.probe.on_segment_end(segment.segment, spoke)
             audio_sent = audio_sent or spoke > 0
             if failure is not None:
@@ -103,11 +102,17 @@ async def _speak_segment(
             except StopAsyncIteration:
                 return sent, None
             except Exception as exc:  # noqa: BLE001 - the engine's failure, for the policy
+                if is_final_error(exc):
+                    raise  # a bad request: no retry, no other engine
                 return sent, exc
             if utt.generation != segment.generation:
                 return sent, None  # barge-in: the step's output is discarded
-            event = _wrap(caps, output, segment, utt.rate.chunks, utt.generation)
-            units = request.chunk_size if caps.output == "tokens" else None
+            event = wrap_output(
+                caps, output, segment.stream_id, segment.segment, utt.rate.chunks,
+                utt.generation, segment.trace,
+            )
+            counted = caps.chunk_unit is not None or caps.output == "tokens"
+            units = request.chunk_size if counted else None
             utt.rate.produced(_duration_ms(event, utt.spec), _ms_since(started), units=units)
             if utt.stats.first_byte_at is None:
                 utt.stats.first_byte_at = time.perf_counter()
@@ -140,15 +145,18 @@ def _duration_ms(event: PCMChunk | TokenFrames, spec: UtteranceSpec) -> float:
     return 1000.0 * len(event.frames) / codec.frame_rate if codec else 0.0
 
 
-def _wrap(
-    caps: EngineCapabilities, output: np.ndarray, segment: TextDelta, seq: int, generation: int
+def wrap_output(
+    caps: EngineCapabilities,
+    output: np.ndarray,
+    stream_id: str,
+    segment: int,
+    seq: int,
+    generation: int,
+    trace: dict[str, str] | None,
 ) -> PCMChunk | TokenFrames:
+    """An engine's output as the bus event the stitch stage takes."""
     common = dict(
-        stream_id=segment.stream_id,
-        generation=generation,
-        seq=seq,
-        segment=segment.segment,
-        trace=segment.trace,
+        stream_id=stream_id, generation=generation, seq=seq, segment=segment, trace=trace
     )
     if caps.output == "tokens":
         return TokenFrames(frames=output, codec=caps.codec or "", **common)

@@ -65,6 +65,13 @@ class PCMChunk(Event, frozen=True, kw_only=True, tag="pcm_chunk"):
 
 
 class BargeIn(Event, frozen=True, kw_only=True, tag="barge_in"):
-    """Stop speaking now: cut (`fade_ms=0`) or fade out over 10-30 ms, drop everything older."""
+    """Stop speaking now: cut (`fade_ms=0`) or fade out over 10-30 ms, drop everything older.
 
-    fade_ms: int = 0
+    Published on the utterance's control bus (`host.bus`), ahead of queued audio: its
+    `generation` is the new one. `delivered` is how many output samples the client had been
+    sent when it came (what it can have heard); the engine stage turns it into the engine's
+    units for `EngineTurn.interrupt`.
+    """
+
+    fade_ms: float = 0.0
+    delivered: int = 0

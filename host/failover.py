@@ -3,51 +3,59 @@ engine of `[server] failover`, flagged `degraded`.
 
 What counts as failing: a step raises, a step gives no output within `stall_timeout_s`, or a
 segment with words in it yields no audio at all (an engine that takes text and stays silent).
+What does not: a request the engine can never speak (`EngineRequestError`: an unknown option
+or voice, a value out of range) is neither retried nor moved to another engine; it fails the
+utterance at once, before any audio, and the client is told (HTTP 400).
+
+Availability is remembered across utterances (LiveKit's FallbackAdapter): an engine failover
+gave up on is marked unavailable, later requests start on the first available engine of their
+chain, and a background probe (`host.availability`) marks it available again once it speaks.
 
 What is replayed: before any audio has left the engine, the whole request replays on the next
 attempt (nothing has been heard, so nothing is lost or doubled). After it, the stream goes on
 from the next unspoken segment: a segment the failed engine had started is not repeated, so the
 listener hears no audio twice; the rest of that segment is lost.
 
-A stalled worker thread cannot be killed. Its step is abandoned: the stream moves on, the
-step's result is discarded when it finally returns, and the thread keeps the engine's capacity
-limiter until then, so a model is never freed under a running step (unload waits for it) and
-a retry on the same engine waits for it too (bounded by the same timeout).
+A stalled worker thread cannot be killed. Its step is abandoned (`host.steps`): the stream
+moves on, the step's result is discarded when it finally returns, and the thread keeps the
+engine's capacity limiter until then.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import threading
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
-import anyio.from_thread
-import anyio.lowlevel
 import msgspec
 import numpy as np
 from anyio.abc import ObjectReceiveStream
-from morpheus_tts.host.contracts import SynthesisRequest
+from morpheus_tts.host.contracts import EngineRequestError, SynthesisRequest
 from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.events import TextDelta
 from morpheus_tts.host.rate import first_words
 from morpheus_tts.host.registry import LoadedEngine
+from morpheus_tts.host.steps import EngineStalledError, engine_steps
 
 log = logging.getLogger(__name__)
 
-_DONE = object()
-
-
-class EngineStalledError(MorpheusError, TimeoutError):
-    """An engine step gave no output within the stall timeout."""
+__all__ = ["EngineStalledError", "FailoverPolicy", "SilentEngineError", "is_final_error"]
 
 
 class SilentEngineError(MorpheusError, RuntimeError):
     """An engine accepted a segment with words in it and returned no audio."""
+
+
+def is_final_error(exc: BaseException) -> bool:
+    """True for failures no retry or other engine can fix (the request itself is bad)."""
+    return isinstance(exc, EngineRequestError)
+
+
+def available_first(chain: list[Candidate]) -> list[Candidate]:
+    """The chain with the engines known to be down moved to the end (kept in order)."""
+    up = [c for c in chain if c.engine.available]
+    return up + [c for c in chain if not c.engine.available]
 
 
 class Candidate(msgspec.Struct, frozen=True):
@@ -102,9 +110,12 @@ class FailoverPolicy:
     """Decides, after each failure, whether to retry smaller, move on, or give up.
 
     Args:
-        chain: the request's engine first, then `[server] failover` (without repeats).
+        chain: the request's engine first, then `[server] failover` (without repeats). Engines
+            marked unavailable by earlier utterances go last; starting elsewhere than on the
+            request's engine counts as degraded.
         stall_timeout_s: longest wait for one step's output; None waits for ever.
         on_failover: called with (from engine, to engine, reason) when the engine changes.
+        on_unavailable: called with an engine failover gave up on (starts its recovery probe).
     """
 
     def __init__(
@@ -113,17 +124,23 @@ class FailoverPolicy:
         *,
         stall_timeout_s: float | None = None,
         on_failover: Callable[[str, str, str], None] | None = None,
+        on_unavailable: Callable[[LoadedEngine, str], None] | None = None,
     ) -> None:
         if not chain:
             raise ValueError("a failover chain needs at least one engine")
-        self.chain = chain
+        requested = chain[0].engine
+        self.chain = available_first(chain)
         self.stall_timeout_s = stall_timeout_s
-        self.attempt = Attempt(chain[0])
-        self.degraded = False
+        self.attempt = Attempt(self.chain[0])
+        self.degraded = self.engine is not requested
         self.failures: list[str] = []
+        if self.degraded:
+            self.failures.append(f"{requested.name}: {requested.unavailable_reason}")
         self._position = 0
         self._first_error: BaseException | None = None
         self._on_failover = on_failover
+        self._on_unavailable = on_unavailable
+        self._after_stall = False
 
     @property
     def engine(self) -> LoadedEngine:
@@ -134,21 +151,30 @@ class FailoverPolicy:
         """Record a failure of the current attempt and return the next one.
 
         Raises:
+            EngineRequestError: at once (`exc` itself): the request is bad on any attempt.
             BaseException: the last engine's first error, once every engine of the chain has
                 failed twice.
         """
         failed = self.engine.name
         reason = f"{type(exc).__name__}: {exc}"
+        if is_final_error(exc):
+            raise exc
         self.failures.append(f"{failed}: {reason}")
         log.warning("engine failed", extra={"engine": failed, "error": reason})
         if not self.attempt.retry:
             self._first_error = exc
             self.attempt = Attempt(self.attempt.candidate, retry=True)
+            # The stalled step still holds the engine: the retry waits for it one timeout at
+            # most (waiting behind other streams is queueing, and is not bounded).
+            self._after_stall = isinstance(exc, EngineStalledError)
             return self.attempt
+        if self._on_unavailable is not None and len(self.chain) > 1:
+            self._on_unavailable(self.engine, reason)
         self._position += 1
         if self._position >= len(self.chain):
             raise self._first_error or exc  # the first failure says most about the engine
         self.attempt = Attempt(self.chain[self._position])
+        self._after_stall = False
         self.degraded = True
         if self._on_failover is not None:
             self._on_failover(failed, self.engine.name, reason)
@@ -171,115 +197,14 @@ class FailoverPolicy:
         """
         loaded = self.engine
         heard = False
-        async for output in engine_steps(loaded, request, self.stall_timeout_s):
+        queue_s = self.stall_timeout_s if self._after_stall else None
+        async for output in engine_steps(loaded, request, self.stall_timeout_s, queue_s):
             heard = heard or len(output) > 0
             yield output
         if not heard and any(ch.isalnum() for ch in request.text):
             raise SilentEngineError(
                 f"engine {loaded.name!r} returned no audio for {request.text!r}"
             )
-
-
-async def engine_steps(
-    loaded: LoadedEngine, request: SynthesisRequest, stall_timeout_s: float | None
-) -> AsyncIterator[np.ndarray]:
-    """Iterate an engine's output; a sync iterator is advanced one `next()` per thread call.
-
-    Cancellation from outside waits for the step in flight (at most `stall_timeout_s`), so
-    the engine is left between steps, never mid-call.
-    """
-    output = loaded.engine.synthesize(request)
-    if isinstance(output, AsyncIterator):
-        while True:
-            with _stall_guard(loaded, stall_timeout_s):
-                item = await anext(output, _DONE)
-            if item is _DONE:
-                return
-            yield item
-    iterator: Iterator[np.ndarray] = iter(output)
-    abandoned = False
-    try:
-        while True:
-            step = _ThreadStep(loaded, functools.partial(next, iterator, _DONE))
-            item = await step.run(stall_timeout_s)
-            if step.abandoned:
-                abandoned = True
-                raise EngineStalledError(
-                    f"engine {loaded.name!r} gave no output in {stall_timeout_s:g} s"
-                )
-            if item is _DONE:
-                return
-            yield item
-    finally:
-        close = getattr(iterator, "close", None)
-        if close is not None and not abandoned:  # a generator still running can't be closed
-            close()
-
-
-@contextmanager
-def _stall_guard(loaded: LoadedEngine, timeout_s: float | None) -> Iterator[None]:
-    """`anyio.fail_after` that raises EngineStalledError naming the engine."""
-    try:
-        with anyio.fail_after(timeout_s):
-            yield
-    except TimeoutError:
-        raise EngineStalledError(
-            f"engine {loaded.name!r} gave no output in {timeout_s:g} s"
-        ) from None
-
-
-class _ThreadStep:
-    """One blocking step in a worker thread that holds the engine's limiter while it runs.
-
-    If the stall timeout passes first the step is abandoned: the caller goes on, and the
-    thread releases the limiter itself when it returns (its result is dropped).
-    """
-
-    def __init__(self, loaded: LoadedEngine, fn: Callable[[], Any]) -> None:
-        self._loaded, self._fn = loaded, fn
-        self._lock = threading.Lock()
-        self._finished = False
-        self.abandoned = False
-
-    def _in_thread(self) -> Any:
-        try:
-            return self._fn()
-        finally:
-            with self._lock:
-                self._finished = True
-                release_here = self.abandoned
-            if release_here:
-                try:
-                    anyio.from_thread.run_sync(self._loaded.limiter.release_on_behalf_of, self)
-                except RuntimeError:
-                    pass  # the event loop is gone, and the limiter with it
-
-    async def run(self, timeout_s: float | None) -> Any:
-        limiter = self._loaded.limiter
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        with _stall_guard(self._loaded, timeout_s):
-            await limiter.acquire_on_behalf_of(self)
-        result: Any = None
-        try:
-            # Shielded: a cancel from outside waits for the step; only the stall deadline
-            # (a scope inside the shield) may abandon it.
-            with anyio.CancelScope(shield=True):
-                with anyio.move_on_after(_remaining(deadline)):
-                    result = await anyio.to_thread.run_sync(
-                        self._in_thread, abandon_on_cancel=True
-                    )
-        finally:
-            with self._lock:
-                if self._finished:
-                    limiter.release_on_behalf_of(self)
-                else:
-                    self.abandoned = True
-        await anyio.lowlevel.checkpoint()  # deliver a cancel that arrived during the step
-        return result
-
-
-def _remaining(deadline: float | None) -> float:
-    return float("inf") if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 class SegmentLog:

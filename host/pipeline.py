@@ -6,11 +6,19 @@ Blocking inference runs one step per worker-thread call behind the engine's Capa
 cancelling the utterance (client gone, barge-in) is noticed between steps, so every stage and
 the worker stop within one engine step and nothing is left running.
 
+There is one stream path, text deltas in and PCM out; what sits between text and audio depends
+on the engine's shape. A turn-shaped engine (`capabilities.incremental_text`) gets the deltas
+straight in (`host.turn_stage`: one `EngineTurn` per utterance, one segment, one codec decoder).
+A segment engine is presented as a turn by its chunker, the adapter (LiveKit's StreamAdapter):
+the chunk stage cuts the deltas into segments and `host.engine_stage` speaks them one by one.
+
 Realtime control lives beside it: `host.rate` picks each request's chunk size and pauses the
 engine while the client's buffer is full; `host.failover` times out stalled steps, retries and
-moves to the next engine. Barge-in (`Utterance.barge_in`) travels as a control path, not
-behind queued audio: it bumps the generation (every stage and the reader drop older events),
-cancels the text and engine stages, and makes the stitcher end with a short fade.
+moves to the next engine. Barge-in (`Utterance.barge_in`) is a `BargeIn` event published on the
+utterance's control bus (`host.bus`), ahead of queued audio: it bumps the generation (every
+stage and the reader drop older events); the chunk stage forgets buffered text; the engine
+stages stop (a turn-shaped engine hears `interrupt(heard)` with what the client was sent, then
+`close()`); the stitcher ends with a short fade.
 
 The TaskGroup lives in the `open_utterance` context manager, never across the `yield` of an
 async generator (anyio's cancel scopes must exit in the task that entered them).
@@ -19,29 +27,29 @@ async generator (anyio's cancel scopes must exit in the task that entered them).
 from __future__ import annotations
 
 import functools
-import math
 import secrets
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
-import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from morpheus_tts.host.bus import ControlBus
 from morpheus_tts.host.contracts import Chunker, Codec, Stitcher
 from morpheus_tts.host.engine_stage import engine_stage
-from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
+from morpheus_tts.host.events import BargeIn, Event, PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.failover import Candidate
+from morpheus_tts.host.observer import NULL_OBSERVER
 from morpheus_tts.host.rate import RateController, RateSettings
 from morpheus_tts.host.registry import LoadedEngine
-from morpheus_tts.host.speed import SegmentStretcher
-from morpheus_tts.observability import NULL_OBSERVER
+from morpheus_tts.host.stitch_stage import stitch_stage
+from morpheus_tts.host.turn_stage import turn_stage
 
 if TYPE_CHECKING:
-    from morpheus_tts.observability import Outcome, UtteranceObserver, UtteranceProbe
+    from morpheus_tts.host.observer import Outcome, UtteranceObserver, UtteranceProbe
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
@@ -57,12 +65,14 @@ class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
     `failover` lists the engines to move to (with their voices) when `engine` fails;
     `codecs` holds the codec of every token engine among them. `observer` is told what
     happens (spans, metrics, logs); `request_id`, `response_format` and `trace` (a W3C
-    carrier to continue) are for it.
+    carrier to continue) are for it. `session_id`, `turn` and `user_text` reach a
+    turn-shaped engine's `TurnRequest`; `on_unavailable` is told of an engine failover gave
+    up on (its recovery probe starts).
     """
 
     engine: LoadedEngine
     voice: str | None
-    chunker: Chunker | None
+    chunker: Chunker
     stitcher: Stitcher
     codec: Codec | None = None
     speed: float = 1.0
@@ -77,6 +87,10 @@ class UtteranceSpec(msgspec.Struct, frozen=True, kw_only=True):
     request_id: str | None = None
     response_format: str | None = None
     trace: dict[str, str] | None = None
+    session_id: str | None = None
+    turn: int = 1
+    user_text: str | None = None
+    on_unavailable: Callable[[LoadedEngine, str], None] | None = None
     stream_id: str = msgspec.field(default_factory=lambda: secrets.token_urlsafe(12))
 
 
@@ -136,6 +150,9 @@ class Utterance:
             spec.rate, sample_rate=spec.stitcher.sample_rate, low_latency=spec.low_latency
         )
         self.fade_ms: float | None = None  # set by barge_in
+        self.bus = ControlBus()
+        self.barged: BargeIn | None = None  # the barge-in, once it came
+        self.delivered_samples = 0.0  # output samples the client was sent (`consumed`)
         self._text_in = text_in
         self._cancel_scope = cancel_scope
         self._producers = anyio.CancelScope()  # the text and engine stages
@@ -148,19 +165,18 @@ class Utterance:
         return self.fade_ms is not None
 
     async def send_text(self, text: str, *, final: bool = False) -> None:
-        """Push a text delta; `final=True` ends the text. Ignored after a barge-in."""
+        """Push a text delta; `final=True` ends the text. Ignored after a barge-in, and once
+        the text stage has stopped (it failed: the error comes out of the utterance)."""
         if self.interrupted:
             return
-        await self._text_in.send(
-            TextDelta(
-                stream_id=self.stream_id,
-                generation=self.generation,
-                seq=self._text_seq,
-                text=text,
-                final=final,
-                trace=self.probe.trace,
-            )
+        delta = TextDelta(
+            stream_id=self.stream_id, generation=self.generation, seq=self._text_seq,
+            text=text, final=final, trace=self.probe.trace,
         )
+        try:
+            await self._text_in.send(delta)
+        except anyio.BrokenResourceError:
+            return
         self._text_seq += 1
         if final:
             await self._text_in.aclose()
@@ -171,14 +187,16 @@ class Utterance:
 
     def consumed(self, samples: float) -> None:
         """The client took `samples` of the audio (a socket accepted them): feeds rate control."""
+        self.delivered_samples += samples
         self.rate.consumed(samples)
 
     def barge_in(self, fade_ms: float | None = None) -> None:
         """Stop speaking now: at most `fade_ms` of faded audio follows, then the final chunk.
 
-        Bumps the generation, so audio already queued is dropped by every stage and by the
-        reader of `audio`; cancels the text and engine stages (the engine's step in flight
-        finishes and is discarded: the engine stays usable). `fade_ms=0` cuts.
+        Publishes a `BargeIn` on the control bus with a new generation, so audio already
+        queued is dropped by every stage and by the reader of `audio`; the text and engine
+        stages stop (a step in flight is cancelled if the engine can stop it, else finishes
+        and is discarded: the engine stays usable). `fade_ms=0` cuts.
         """
         if self.interrupted:
             return
@@ -186,8 +204,19 @@ class Utterance:
         self.generation += 1
         self.stats.interrupted = True
         self.probe.record_interrupted(round(self.fade_ms))
-        self._producers.cancel()
-        self._stitching.cancel()
+        self.barged = BargeIn(
+            stream_id=self.stream_id, generation=self.generation, fade_ms=self.fade_ms,
+            delivered=int(self.delivered_samples), trace=self.probe.trace,
+        )
+        self.bus.publish(self.barged)
+
+    def _stop_producers(self, event: Event) -> None:
+        if isinstance(event, BargeIn):
+            self._producers.cancel()
+
+    def _stop_stitching(self, event: Event) -> None:
+        if isinstance(event, BargeIn):
+            self._stitching.cancel()
 
     def cancel(self) -> None:
         """Stop every stage now; the engine's current step finishes and is discarded."""
@@ -234,11 +263,13 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
     try:
         async with anyio.create_task_group() as tg:
             utterance = Utterance(spec, text_send, out_recv, tg.cancel_scope, stats, probe)
+            utterance.bus.subscribe("engine", utterance._stop_producers)
+            utterance.bus.subscribe("stitcher", utterance._stop_stitching)
             with probe.activated():  # tasks started here inherit the request id and span
                 tg.start_soon(
                     _producer_stages, utterance, text_recv, seg_send, seg_recv, raw_send
                 )
-                tg.start_soon(_stitch_stage, utterance, raw_recv, out_send)
+                tg.start_soon(stitch_stage, utterance, raw_recv, out_send)
                 if text is not None:
                     tg.start_soon(functools.partial(utterance.send_text, text, final=True))
             try:
@@ -274,11 +305,18 @@ async def _producer_stages(
     segments_in: ObjectReceiveStream[TextDelta],
     raw_out: ObjectSendStream[PCMChunk | TokenFrames],
 ) -> None:
-    """The text and engine stages under one cancel scope, which barge-in cancels."""
+    """The text and engine stages under one cancel scope, which barge-in cancels.
+
+    A turn-shaped engine takes the text deltas itself; a segment engine hears them through
+    the chunk stage (the adapter that presents it as a turn).
+    """
     with utt._producers:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_chunk_stage, utt, text_in, segments_out)
-            tg.start_soon(engine_stage, utt, segments_in, raw_out)
+            if utt.spec.engine.turn_shaped:
+                tg.start_soon(turn_stage, utt, text_in, raw_out)
+            else:
+                tg.start_soon(_chunk_stage, utt, text_in, segments_out)
+                tg.start_soon(engine_stage, utt, segments_in, raw_out)
     for stream in (text_in, segments_out, segments_in, raw_out):
         stream.close()  # type: ignore[attr-defined]
 
@@ -296,16 +334,20 @@ async def _chunk_stage(
     text_in: ObjectReceiveStream[TextDelta],
     segments_out: ObjectSendStream[TextDelta],
 ) -> None:
-    """Cut text deltas into segments; pass them through whole for incremental engines."""
+    """Cut text deltas into segments for a segment engine; a barge-in forgets buffered text."""
     spec = utt.spec
     index = 0
+
+    def forget(event: Event) -> None:
+        if isinstance(event, BargeIn):
+            spec.chunker.reset()
+
+    utt.bus.subscribe("chunker", forget)
     async with text_in, segments_out:
         async for delta in text_in:
             if delta.generation < utt.generation:
                 continue  # text of an interrupted turn
-            if spec.chunker is None:
-                pieces = [delta.text] if delta.text else []
-            elif len(delta.text) > CHUNK_OFF_LOOP_CHARS:
+            if len(delta.text) > CHUNK_OFF_LOOP_CHARS:
                 # Long deltas are cut in a worker thread, so the event loop keeps serving.
                 pieces = await anyio.to_thread.run_sync(
                     _chunk, spec.chunker, delta.text, delta.final
@@ -328,97 +370,3 @@ async def _chunk_stage(
                 index += 1
             if delta.final:
                 return
-
-
-async def _stitch_stage(
-    utt: Utterance,
-    raw_in: ObjectReceiveStream[PCMChunk | TokenFrames],
-    audio_out: ObjectSendStream[PCMChunk],
-) -> None:
-    """Decode codec frames, time-stretch if needed, and stitch into the output stream."""
-    spec, stats, rate = utt.spec, utt.stats, utt.rate
-    stitcher = spec.stitcher
-    decoders: dict[str, Any] = {}
-    stretch = SegmentStretcher(spec.speed) if _needs_stretch(spec) else None
-    start = 0
-    seq = 0
-    last_segment = 0
-    last_rate = spec.engine.engine.capabilities.sample_rate
-    tokens: int | None = None  # codec frames behind the latest output (token engines)
-    underflows = 0  # reported to the probe so far
-
-    async def emit(samples: np.ndarray, final: bool = False) -> None:
-        nonlocal start, seq, underflows
-        if len(samples) == 0 and not final:
-            return
-        ready_at = time.perf_counter()
-        if stats.first_audio_at is None and len(samples):
-            stats.first_audio_at = ready_at
-        rate.emitted(len(samples))
-        if final:
-            rate.finish()
-            stats.finished_at = ready_at
-        chunk = PCMChunk(
-            stream_id=spec.stream_id, generation=utt.generation, seq=seq, samples=samples,
-            sample_rate=stitcher.sample_rate, start=start, segment=last_segment, final=final,
-            trace=utt.probe.trace,
-        )
-        buffer_ms = rate.buffer_ms() if rate.buffer.playing else None
-        while underflows < rate.underflows:  # the client ran dry since the last chunk
-            underflows += 1
-            utt.probe.record_underflow(buffer_ms)
-        utt.probe.on_chunk(chunk, ready_at, chunk_tokens=tokens, buffer_ms=buffer_ms)
-        await audio_out.send(chunk)
-        start += len(samples)
-        seq += 1
-        stats.samples_out = start
-
-    async def push(samples: np.ndarray, rate_hz: int, segment: int) -> None:
-        if stretch is None:
-            await emit(stitcher.push(samples, rate_hz, segment))
-            return
-        # The stretcher releases a whole segment once the next one begins.
-        held_segment = stretch.segment
-        done = stretch.push(samples, rate_hz, segment)
-        if len(done):
-            await emit(stitcher.push(done, rate_hz, held_segment))
-
-    def flush_decoders() -> np.ndarray:
-        tail = [decoder.flush() for decoder in decoders.values()]
-        decoders.clear()
-        return np.concatenate([np.zeros(0, np.float32), *tail])
-
-    async with raw_in, audio_out:
-        with utt._stitching:
-            async for event in raw_in:
-                if event.generation < utt.generation:
-                    continue  # audio of an interrupted turn
-                if event.segment != last_segment and decoders:
-                    # Each segment is its own code sequence: finish decoding it (its held-back
-                    # tail belongs to it, not to the next segment) and start the next afresh.
-                    await push(flush_decoders(), last_rate, last_segment)
-                if isinstance(event, TokenFrames):
-                    codec = spec.codecs.get(event.codec) or spec.codec
-                    if codec is None:
-                        raise RuntimeError(f"engine emitted {event.codec} frames but has no codec")
-                    if event.codec not in decoders:
-                        decoders[event.codec] = codec.decoder()
-                    decoder = decoders[event.codec]
-                    samples = await anyio.to_thread.run_sync(decoder.decode, event.frames)
-                    rate_hz, tokens = codec.sample_rate, len(event.frames)
-                else:
-                    samples, rate_hz = event.samples, event.sample_rate
-                await push(samples, rate_hz, event.segment)
-                last_segment, last_rate = event.segment, rate_hz
-            await push(flush_decoders(), last_rate, last_segment)
-            if stretch is not None:
-                await emit(stitcher.push(stretch.flush(), last_rate, last_segment))
-            await emit(stitcher.flush(), final=True)
-            return
-        # Barge-in: whatever the stitcher holds, faded over at most fade_ms, ends the stream.
-        await emit(stitcher.fade_out(utt.fade_ms or 0.0), final=True)
-
-
-def _needs_stretch(spec: UtteranceSpec) -> bool:
-    caps = spec.engine.engine.capabilities
-    return not caps.native_speed and not math.isclose(spec.speed, 1.0)

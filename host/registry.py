@@ -62,21 +62,56 @@ class PluginRecord(msgspec.Struct, kw_only=True):
     components: list[str] = []
 
 
+TURN_METHODS = ("open_turn", "end_session")  # what `incremental_text=True` promises
+
+
+def check_engine(name: str, engine: Engine) -> None:
+    """Fail a load whose engine does not keep the promises of its capabilities.
+
+    Raises:
+        TypeError: `incremental_text=True` without `open_turn`/`end_session`, or
+            `voice_cloning=True` without `add_voice`/`remove_voice` (the message names them).
+    """
+    caps = engine.capabilities
+    promised = [
+        (caps.incremental_text, "incremental_text=True", TURN_METHODS),
+        (caps.voice_cloning, "voice_cloning=True", ("add_voice", "remove_voice")),
+    ]
+    for flag, what, methods in promised:
+        missing = [m for m in methods if not callable(getattr(engine, m, None))]
+        if flag and missing:
+            raise TypeError(
+                f"engine {name!r} declares {what} but does not implement "
+                f"{', '.join(missing)}; add {'/'.join(missing)} or drop the flag"
+            )
+
+
 class LoadedEngine:
-    """A started engine with the limiter that keeps its blocking calls one at a time."""
+    """A started engine with the limiter that bounds its blocking calls.
+
+    The limiter has `capabilities.max_concurrent_streams` tokens (1: one step at a time).
+    `available` turns False when failover gave up on the engine, and True again once a
+    background probe heard it speak (`host.availability`).
+    """
 
     def __init__(self, name: str, plugin: str, engine: Engine) -> None:
         self.name, self.plugin, self.engine = name, plugin, engine
-        self.limiter = anyio.CapacityLimiter(1)
-        self.active_streams = 0
+        self.limiter = anyio.CapacityLimiter(engine.capabilities.max_concurrent_streams)
+        self.available = True
+        self.unavailable_reason: str | None = None
         self._aborts: dict[int, Callable[[BaseException], None]] = {}
         self._next_key = 0
         self._idle: anyio.Event | None = None
 
     @property
     def open_utterances(self) -> int:
-        """Utterances opened on this engine and not yet finished."""
+        """Utterances opened on this engine and not yet finished (its active streams)."""
         return len(self._aborts)
+
+    @property
+    def turn_shaped(self) -> bool:
+        """Text deltas go straight in (`open_turn`) instead of through the chunker."""
+        return self.engine.capabilities.incremental_text
 
     def track(self, abort: Callable[[BaseException], None]) -> int:
         """Register an open utterance; `abort(exc)` stops it with `exc`. Returns its key."""
@@ -234,6 +269,7 @@ class Registry:
         match component.kind:
             case "engine":
                 engine = component.create(settings)
+                check_engine(component.name, engine)
                 await engine.start()
                 self.engines[component.name] = LoadedEngine(component.name, plugin, engine)
             case "codec":

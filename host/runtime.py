@@ -15,6 +15,7 @@ from typing import Any
 
 import anyio
 import msgspec
+from morpheus_tts.host.availability import Availability
 from morpheus_tts.host.config import (
     ConfigError,
     MorpheusConfig,
@@ -25,13 +26,13 @@ from morpheus_tts.host.config import (
 )
 from morpheus_tts.host.contracts import VoiceComposer
 from morpheus_tts.host.failover import Candidate
+from morpheus_tts.host.observer import NULL_OBSERVER, UtteranceObserver
 from morpheus_tts.host.pipeline import Utterance, UtteranceSpec, open_utterance
 from morpheus_tts.host.rate import RateSettings
 from morpheus_tts.host.registry import LoadedEngine, PluginRecord, Registry, UnknownComponentError
 from morpheus_tts.host.reload import check_reload
 from morpheus_tts.host.speed import MAX_SPEED, MIN_SPEED
 from morpheus_tts.host.streams import AudioStream, StreamHost
-from morpheus_tts.observability import NULL_OBSERVER, UtteranceObserver
 from morpheus_tts.observability.logs import current_request_id
 from morpheus_tts.observability.tracing import carrier_from_traceparent, current_carrier
 
@@ -52,6 +53,11 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
         traceparent: a W3C `traceparent` to continue (sent in a body or a WebSocket message);
             None continues the current span (the HTTP request's), if any. Malformed: ignored.
         response_format: the format the caller encodes to (a span attribute).
+        session_id: the realtime session this utterance is a turn of (None: one-shot).
+        turn: the turn's number within its session (1 for one-shot).
+        user_text: what the user said this turn (turn-shaped, context-aware engines).
+        sample_rate: output rate (None: `[server] sample_rate`); the OpenAI API asks for
+            24 kHz, so the stitcher's resampler is the only one.
     """
 
     engine: str | None = None
@@ -62,6 +68,10 @@ class SpeakRequest(msgspec.Struct, frozen=True, kw_only=True):
     pace: bool | None = None
     traceparent: str | None = None
     response_format: str | None = None
+    session_id: str | None = None
+    turn: int = 1
+    user_text: str | None = None
+    sample_rate: int | None = None
 
 
 class Runtime:
@@ -81,6 +91,11 @@ class Runtime:
         self.streams = StreamHost()
         self.observer: UtteranceObserver = NULL_OBSERVER  # the server sets a Telemetry
         self.config_error: str | None = None  # why the last plugins.toml edit was refused
+        self.availability = Availability(
+            self.streams.start_soon,
+            lambda loaded: self.registry.engines.get(loaded.name) is loaded,
+            stall_timeout_s=self.config.server.stall_timeout_s,
+        )
         self._file_plugins = dict(self.config.plugins)
         self._file_bytes: bytes | None = None
         self._lock: anyio.Lock | None = None
@@ -173,8 +188,10 @@ class Runtime:
         return UtteranceSpec(
             engine=loaded,
             voice=self.resolve_voice(loaded, request.voice),
-            chunker=None if caps.incremental_text else self.registry.new_chunker(server.chunker),
-            stitcher=self.registry.new_stitcher(server.stitcher, server.sample_rate),
+            chunker=self.registry.new_chunker(server.chunker),
+            stitcher=self.registry.new_stitcher(
+                server.stitcher, request.sample_rate or server.sample_rate
+            ),
             codec=self.registry.codec(caps.codec) if caps.output == "tokens" else None,
             speed=request.speed,
             options=request.options,
@@ -185,13 +202,22 @@ class Runtime:
             trace=carrier_from_traceparent(request.traceparent) or current_carrier(),
             request_id=current_request_id(),
             response_format=request.response_format,
+            session_id=request.session_id,
+            turn=request.turn,
+            user_text=request.user_text,
+            on_unavailable=self.availability.mark_unavailable,
         )
 
     def _realtime(self, loaded: LoadedEngine, request: SpeakRequest) -> dict[str, Any]:
-        """Rate control and failover for a spec: `[server]` settings, the loaded chain."""
+        """Rate control and failover for a spec: `[server]` settings, the loaded chain.
+
+        The chain keeps the engines of the request engine's shape: a turn-shaped engine fails
+        over to turn-shaped ones, a segment engine to segment engines.
+        """
         server = self.config.server
         chain = [self.registry.engines[name] for name in server.failover
-                 if name in self.registry.engines and name != loaded.name]
+                 if name in self.registry.engines and name != loaded.name
+                 and self.registry.engines[name].turn_shaped == loaded.turn_shaped]
         codecs = {
             e.engine.capabilities.codec: self.registry.codecs[e.engine.capabilities.codec]
             for e in [loaded, *chain] if e.engine.capabilities.codec in self.registry.codecs

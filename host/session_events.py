@@ -36,12 +36,17 @@ class TurnStarted(SessionEvent, frozen=True, kw_only=True, tag="turn.started"):
 
 
 class AudioDelta(SessionEvent, frozen=True, kw_only=True, tag="audio.delta"):
-    """Mono float32 audio of a turn; `start` is its first sample's offset in the turn."""
+    """Mono float32 audio of a turn; `start` is its first sample's offset in the turn.
+
+    `fade_out` marks the short faded tail (`[server] barge_in_fade_ms`) that ends a turn cut by
+    barge-in: it follows `turn.interrupted` and survives the drop of the turn's other audio.
+    """
 
     samples: np.ndarray
     sample_rate: int
     seq: int
     start: int
+    fade_out: bool = False
 
 
 class TurnDone(SessionEvent, frozen=True, kw_only=True, tag="turn.done"):
@@ -147,7 +152,8 @@ class EventQueue:
         """Forget queued audio of generations older than `below_generation`."""
         kept = [
             e for e in self._items
-            if not (isinstance(e, AudioDelta) and e.generation < below_generation)
+            if not (isinstance(e, AudioDelta) and e.generation < below_generation
+                    and not e.fade_out)
         ]
         self._items = deque(kept)
         self._audio = sum(isinstance(e, AudioDelta) for e in kept)

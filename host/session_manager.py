@@ -1,22 +1,24 @@
 """The server's live sessions: create, look up, close, and expire the idle ones.
 
 `host.sessions` holds what one session does; this module owns them all, enforces
-`[server] max_sessions`, pins each new session's engine and voice, and tells an engine with
-per-session state (`end_session(session_id)`) when a session ends.
+`[server] max_sessions`, pins each new session's engine and voice, and tells a turn-shaped
+engine (`IncrementalEngine.end_session`) once when a session ends, after its last turn closed.
 """
 
 from __future__ import annotations
 
-import inspect
+import functools
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
 
 import anyio
 import msgspec
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
 from morpheus_tts.host.sessions import Session, SessionError
+from morpheus_tts.host.steps import run_locked
+
+TURN_CLOSE_WAIT_S = 5.0  # how long a closing session waits for its turns to let go
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +74,7 @@ class SessionManager:
         spec = self.runtime.resolve(request)
         session_id = f"sess_{secrets.token_urlsafe(24)}"
         pinned = msgspec.structs.replace(
-            request,
-            engine=spec.engine.name,
-            voice=spec.voice,
-            options={**request.options, "session_id": session_id},
+            request, engine=spec.engine.name, voice=spec.voice, session_id=session_id
         )
         session = Session(session_id, pinned, self.runtime, self.runtime.streams.start_soon)
         session.owner = owner
@@ -106,17 +105,15 @@ class SessionManager:
         session._close(reason)
         log.info("session closed", extra={"session": session_id, "reason": reason})
         loaded = self.runtime.registry.engines.get(session.engine)
-        end_session: Callable[[str], Awaitable[None] | None] | None = getattr(
-            loaded.engine if loaded else None, "end_session", None
-        )
-        if end_session is None:
+        if loaded is None or not loaded.turn_shaped:
             return
-        try:
-            result = end_session(session_id)
-            if inspect.isawaitable(result):
-                await result
-        except Exception:  # an engine's cleanup fault must not break the API
-            log.exception("engine end_session failed", extra={"session": session_id})
+        with anyio.CancelScope(shield=True):
+            await session.wait_turns(TURN_CLOSE_WAIT_S)  # their interrupt/close come first
+            try:
+                end = functools.partial(loaded.engine.end_session, session_id)  # type: ignore[attr-defined]
+                await run_locked(loaded, end)
+            except Exception:  # an engine's cleanup fault must not break the API
+                log.exception("engine end_session failed", extra={"session": session_id})
 
     async def close_all(self, reason: str = "shutdown") -> None:
         """End every session (server shutdown)."""

@@ -11,8 +11,9 @@ and drops their queued audio. Every event carries its turn's generation and audi
 again on the way out, so no audio of an interrupted turn reaches the next one (Pipecat #754).
 
 Engine state that survives turns (MOSS-TTS-Realtime's KV cache) is keyed by the session id:
-engines receive `options["session_id"]` with every segment and, if they define
-`end_session(session_id)`, are told when the session ends (`host.session_manager`).
+a turn-shaped engine gets `TurnRequest(session_id=..., turn=n)` for every turn (never in
+`options`), and `end_session(session_id)` once the session ends (`host.session_manager`).
+Segment engines (Piper, Orpheus) see neither: each turn is a fresh utterance to them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 import anyio
+import msgspec
 import numpy as np
 from morpheus_tts.host.errors import MorpheusError
 from morpheus_tts.host.failover import DegradedWatch
@@ -99,7 +101,7 @@ class Session:
 
     Args:
         session_id: the unguessable id.
-        request: engine and voice pinned, `options["session_id"]` set.
+        request: engine, voice and `session_id` pinned.
         runtime: the server's runtime.
         spawn: runs a background task (`StreamHost.start_soon`).
     """
@@ -202,11 +204,13 @@ class Session:
         for turn in interrupted:
             turn.state = "interrupted"
             if turn.utterance is not None:
-                # Stops the engine between steps and drops the turn's queued audio in every
-                # stage (generation bump); a session cuts, the fade is for streamed responses.
-                turn.utterance.barge_in(0)
+                # Stops the engine (a turn-shaped one hears interrupt(heard)) and drops the
+                # turn's queued audio in every stage; the turn ends with a short fade, which
+                # `_speak` still delivers (`fade_out`), as a streamed response does.
+                turn.utterance.barge_in()
                 self._interrupted_span = turn.utterance.probe.span_context
-            turn.scope.cancel()
+            else:
+                turn.scope.cancel()
             turn.text_send.close()
         self._queue.drop_audio(self.generation)
         for turn in interrupted:
@@ -214,6 +218,12 @@ class Session:
                 TurnInterrupted(session_id=self.id, turn=turn.index, generation=turn.generation)
             )
         return interrupted
+
+    async def wait_turns(self, timeout_s: float) -> None:
+        """Wait (at most `timeout_s`) until every turn of the session has finished."""
+        with anyio.move_on_after(timeout_s):
+            for turn in list(self._active):
+                await turn.done.wait()
 
     def _check_open(self) -> None:
         if self.closed:
@@ -253,7 +263,8 @@ class Session:
         """
         while True:
             event = await self._queue.get(lease)
-            if isinstance(event, AudioDelta) and event.generation < self.generation:
+            stale = isinstance(event, AudioDelta) and event.generation < self.generation
+            if stale and not event.fade_out:
                 continue
             return event
 
@@ -288,7 +299,8 @@ class Session:
         self._emit(turn, TurnStarted(**common))
         watch = DegradedWatch(self.engine)
         try:
-            async with self._runtime.speak(self.request) as utterance:
+            request = msgspec.structs.replace(self.request, turn=turn.index)
+            async with self._runtime.speak(request) as utterance:
                 turn.utterance = utterance
                 if self._interrupted_span is not None:  # the first turn after a barge-in
                     utterance.probe.record_barge_in(self._interrupted_span)
@@ -297,6 +309,11 @@ class Session:
                     tg.start_soon(self._feed, turn, utterance)
                     async for chunk in utterance.audio:
                         if len(chunk.samples) == 0:
+                            continue
+                        if turn.state == "interrupted":  # the barge-in's faded tail
+                            await self._put_audio(
+                                turn, chunk.samples, chunk.sample_rate, fade_out=True
+                            )
                             continue
                         if first_audio is None:
                             first_audio = time.perf_counter()
@@ -313,6 +330,8 @@ class Session:
             log.warning("session turn failed", extra={"session": self.id, "error": str(error)})
             self._emit(turn, TurnError(**common, message=str(error), code=_error_code(error)))
             return
+        if turn.state == "interrupted":
+            return  # ended by its fade; `turn.interrupted` was already sent
         turn.state = "done"
         wall_ms = 1000.0 * (time.perf_counter() - started)
         audio_ms = turn.audio_ms
@@ -340,15 +359,20 @@ class Session:
                 if final:
                     return
 
-    async def _put_audio(self, turn: Turn, samples: np.ndarray, sample_rate: int) -> None:
+    async def _put_audio(
+        self, turn: Turn, samples: np.ndarray, sample_rate: int, *, fade_out: bool = False
+    ) -> None:
         event = AudioDelta(
             session_id=self.id, turn=turn.index, generation=turn.generation,
             samples=samples, sample_rate=sample_rate, seq=turn.chunks, start=turn.samples,
+            fade_out=fade_out,
         )
         turn.chunks += 1
         turn.samples += len(samples)
         turn.sample_rate = sample_rate
-        await self._queue.put_audio(event, lambda: turn.generation < self.generation)
+        await self._queue.put_audio(
+            event, lambda: turn.generation < self.generation and not fade_out
+        )
 
     def _emit(self, turn: Turn, event: SessionEvent) -> None:
         if turn.generation == self.generation and turn.state != "interrupted":

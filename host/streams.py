@@ -1,10 +1,11 @@
 """Utterances that outlive the code that started them: the shape HTTP responses need.
 
 A response body is an async generator, and a TaskGroup must never stay open across a generator's
-`yield`. So each utterance runs as a task in a long-lived group (`StreamHost.running()`, entered
-once in the server's lifespan) and hands its audio to the response through a bounded memory
-stream. The response only reads; closing it (client gone) cancels the utterance's task, which
-stops every stage within one engine step.
+`yield`. So each utterance's context (its TaskGroup) is held open by a task in a long-lived
+group (`StreamHost.running()`, entered once in the server's lifespan), while the response reads
+the utterance's own audio stream directly (no relay task, no second buffer between them).
+Closing it (client gone) cancels the utterance's task, which stops every stage within one
+engine step.
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectReceiveStream, TaskGroup
+from anyio.abc import TaskGroup
 from morpheus_tts.host.events import PCMChunk
 from morpheus_tts.host.pipeline import Utterance, UtteranceStats
 
 if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
-
-HANDOFF_BUFFER = 2  # chunks between the utterance and its consumer
 
 
 class AudioStream:
@@ -38,12 +37,13 @@ class AudioStream:
     before reading, then `consumed(n)` after each send; iteration then reports nothing.
     """
 
-    def __init__(self, receive: ObjectReceiveStream[PCMChunk], scope: anyio.CancelScope) -> None:
-        self._receive = receive
+    def __init__(self, scope: anyio.CancelScope) -> None:
         self._scope = scope
         self.utterance: Utterance | None = None
         self.error: BaseException | None = None
         self._started = anyio.Event()
+        self._done_reading = anyio.Event()  # the consumer has what it wants: let go
+        self._finished = anyio.Event()  # the utterance's stages have all stopped
         self._manual_reports = False
 
     @property
@@ -77,21 +77,37 @@ class AudioStream:
             self.utterance.barge_in(fade_ms)
 
     async def _iterate(self) -> AsyncIterator[PCMChunk]:
-        async for chunk in self._receive:
-            utterance = self.utterance
-            if utterance is not None and chunk.generation < utterance.generation:
-                continue  # queued before a barge-in
-            yield chunk
-            # The consumer asks for the next chunk: this one has gone out.
-            if utterance is not None and not self._manual_reports:
-                utterance.consumed(len(chunk.samples))
+        await self._started.wait()
+        utterance = self.utterance
+        try:
+            if utterance is not None:
+                # `Utterance.audio` already drops chunks queued before a barge-in.
+                async for chunk in utterance.audio:
+                    if chunk.final:
+                        # Last chunk: first make sure no stage failed (a stitcher whose
+                        # input ended because the engine failed still ends the stream).
+                        self._done_reading.set()
+                        await self._finished.wait()
+                        if self.error is not None:
+                            break
+                    yield chunk
+                    # The consumer asks for the next chunk: this one has gone out.
+                    if not self._manual_reports:
+                        utterance.consumed(len(chunk.samples))
+                    if chunk.final:
+                        break
+        except anyio.ClosedResourceError:
+            pass  # closed by `aclose`
+        finally:
+            self._done_reading.set()
+        await self._finished.wait()  # a stage's error is known once every stage has stopped
         if self.error is not None:
             raise self.error
 
     async def aclose(self) -> None:
         """Stop the utterance (if still running) and release the stream."""
+        self._done_reading.set()
         self._scope.cancel()
-        self._receive.close()
 
     async def __aenter__(self) -> AudioStream:
         return self
@@ -124,30 +140,30 @@ class StreamHost:
         self._tg.start_soon(fn, *args)
 
     def spawn(self, opened: AbstractAsyncContextManager[Utterance]) -> AudioStream:
-        """Run an opened (already validated) utterance in the background."""
+        """Run an opened (already validated) utterance in the background.
+
+        The background task only holds the utterance's context open until the consumer has
+        read the final chunk (or closed the stream); the consumer reads the audio itself.
+        """
         if self._tg is None:
             raise RuntimeError("StreamHost is not running; enter `running()` first")
-        send, receive = anyio.create_memory_object_stream[PCMChunk](HANDOFF_BUFFER)
         scope = anyio.CancelScope()
-        stream = AudioStream(receive, scope)
+        stream = AudioStream(scope)
 
         async def run() -> None:
             with scope:
-                async with send:
-                    try:
-                        async with opened as utterance:
-                            stream.utterance = utterance
-                            stream._started.set()
-                            async for chunk in utterance.audio:
-                                await send.send(chunk)
-                    except anyio.get_cancelled_exc_class():
-                        raise
-                    except anyio.BrokenResourceError:
-                        pass  # the consumer went away: nothing left to deliver
-                    except Exception as exc:  # noqa: BLE001 - delivered to the consumer
-                        stream.error = _unwrap(exc)
-                    finally:
+                try:
+                    async with opened as utterance:
+                        stream.utterance = utterance
                         stream._started.set()
+                        await stream._done_reading.wait()
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:  # noqa: BLE001 - delivered to the consumer
+                    stream.error = _unwrap(exc)
+                finally:
+                    stream._started.set()
+                    stream._finished.set()
 
         self._tg.start_soon(run)
         return stream

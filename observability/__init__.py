@@ -18,9 +18,16 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from morpheus_tts.host.observer import (
+    NULL_OBSERVER,
+    NULL_PROBE,
+    Outcome,
+    UtteranceObserver,
+    UtteranceProbe,
+)
 from morpheus_tts.observability.logs import REQUEST_ID
 from morpheus_tts.observability.metrics import Metrics, default_metrics
 from morpheus_tts.observability.tracing import TRACER_NAME, UtteranceSpans, attach, detach
@@ -44,109 +51,7 @@ __all__ = [
 
 log = logging.getLogger("morpheus.utterance")
 
-Outcome = Literal["completed", "cancelled", "interrupted", "error"]
 SILENCE = 1e-3  # |sample| at or below this (-60 dBFS) counts as leading silence
-
-
-class UtteranceProbe(Protocol):
-    """What one utterance reports. Every method is called from the pipeline's event loop.
-
-    `trace` is the W3C carrier the pipeline stamps on its events (None when not traced).
-    """
-
-    trace: dict[str, str] | None
-
-    @property
-    def span_context(self) -> SpanContext | None:
-        """The request span's context, for links from a turn that interrupts this one."""
-
-    def activated(self) -> contextlib.AbstractContextManager[None]:
-        """Make the request id and request span current for the stage tasks started inside."""
-
-    def on_segment_start(self, index: int, text: str) -> None:
-        """The engine starts synthesizing text segment `index`."""
-
-    def on_segment_end(self, index: int, engine_chunks: int) -> None:
-        """The engine finished segment `index` after yielding `engine_chunks` outputs."""
-
-    def on_chunk(
-        self,
-        chunk: PCMChunk,
-        ready_at: float,
-        *,
-        chunk_tokens: int | None = None,
-        buffer_ms: float | None = None,
-    ) -> None:
-        """A stitched chunk is ready to send (`ready_at`: `time.perf_counter()`).
-
-        Args:
-            chunk: the chunk (empty ones are ignored).
-            ready_at: when it became ready.
-            chunk_tokens: codec frames it came from (token engines).
-            buffer_ms: the listener's playback buffer (None: not known yet).
-        """
-
-    def on_error(self, error: BaseException) -> None:
-        """The utterance failed with `error` (`on_end("error")` follows)."""
-
-    def on_end(self, outcome: Outcome) -> None:
-        """The utterance is over; called exactly once, last."""
-
-    def record_interrupted(self, fade_ms: int = 0) -> None:
-        """A barge-in stops this utterance (cut, or a fade of `fade_ms`)."""
-
-    def record_barge_in(self, interrupted: SpanContext | None) -> None:
-        """This utterance interrupted the one whose request span is `interrupted` (a link)."""
-
-    def record_failover(self, from_engine: str, to_engine: str, reason: str | None = None) -> None:
-        """The stream moved from a failing engine to the next one in the chain."""
-
-    def record_underflow(self, buffer_ms: float | None = None) -> None:
-        """The listener's buffer ran dry before the stream ended (a gap it heard)."""
-
-
-class UtteranceObserver(Protocol):
-    """Hands each utterance its probe."""
-
-    def on_request_start(
-        self, spec: UtteranceSpec, stats: UtteranceStats, text: str | None
-    ) -> UtteranceProbe:
-        """An utterance starts now (`stats.started_at`); `text` is its whole text if known."""
-
-
-class _NullProbe:
-    """Reports nothing; one attribute read and a no-op call per chunk."""
-
-    trace = None
-    span_context = None
-
-    def activated(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
-
-    def on_segment_start(self, index: int, text: str) -> None: ...
-    def on_segment_end(self, index: int, engine_chunks: int) -> None: ...
-    def on_chunk(self, chunk: PCMChunk, ready_at: float, **_: Any) -> None: ...
-    def on_error(self, error: BaseException) -> None: ...
-    def on_end(self, outcome: Outcome) -> None: ...
-    def record_interrupted(self, fade_ms: int = 0) -> None: ...
-    def record_barge_in(self, interrupted: SpanContext | None) -> None: ...
-    def record_failover(self, from_engine: str, to_engine: str, reason: str | None = None) -> None: ...  # noqa: E501
-    def record_underflow(self, buffer_ms: float | None = None) -> None: ...
-
-
-NULL_PROBE: UtteranceProbe = _NullProbe()
-"""A probe that reports nothing."""
-
-
-class _NullObserver:
-    def on_request_start(
-        self, spec: UtteranceSpec, stats: UtteranceStats, text: str | None
-    ) -> UtteranceProbe:
-        return NULL_PROBE
-
-
-NULL_OBSERVER: UtteranceObserver = _NullObserver()
-"""The observer of a bare Runtime: reports nothing."""
 
 
 class Telemetry:
@@ -203,8 +108,9 @@ class _UtteranceTelemetry:
                 attributes["tts.format"] = spec.response_format
             if spec.request_id:
                 attributes["tts.request_id"] = spec.request_id
-            if isinstance(spec.options.get("session_id"), str):
-                attributes["tts.session_id"] = spec.options["session_id"]
+            if spec.session_id is not None:
+                attributes["tts.session_id"] = spec.session_id
+                attributes["tts.turn"] = spec.turn
             self.spans = UtteranceSpans(
                 telemetry.tracer, attributes, spec.trace, start_ns=self._ns(stats.started_at),
                 # One trace per session turn, linked to the request or socket that opened it.

@@ -161,7 +161,13 @@ def test_barge_in_drops_every_chunk_of_the_interrupted_turn(client: httpx.Client
                          "generation": 0}
     audio = [e for e in events if e["type"] == "audio.delta"]
     assert audio
-    assert all(e["turn"] == 2 and e["generation"] == 1 for e in audio)
+    # Of turn 1 only its faded tail is left (at most the 20 ms fade), ending in silence.
+    tail = [e for e in audio if e["turn"] == 1]
+    assert all(e["fade_out"] for e in tail)
+    faded = pcm16_samples(tail)
+    assert len(faded) <= 20 * 24 and (len(faded) == 0 or abs(int(faded[-1])) < 400)
+    assert all(e["turn"] == 2 and e["generation"] == 1 for e in audio if e not in tail)
+    assert audio[-1]["turn"] == 2
 
 
 def test_barge_in_with_nothing_speaking_interrupts_nothing(client: httpx.Client) -> None:
@@ -368,11 +374,15 @@ def test_websocket_barge_in_stops_frames_until_the_next_turn(
         ):
             pass  # frames sent before the barge-in arrived may still come
         ws.send(json.dumps({"type": "text", "text": "Next turn.", "final": True}))
-        after = []
+        after, faded = [], []
         while "turn.started" not in after:
             message = ws.recv(timeout=30)
-            after.append("frame" if isinstance(message, bytes) else json.loads(message)["type"])
+            if isinstance(message, bytes):
+                faded.append(parse_pcm0(message)[2])  # the interrupted turn's faded tail
+                continue
+            after.append(json.loads(message)["type"])
         assert sorted(after) == ["text.accepted", "turn.started"]
+        assert len(faded) <= 1 and sum(len(f) for f in faded) <= 20 * 24  # at most 20 ms
 
 
 def test_websocket_bad_messages_get_error_events_and_the_socket_stays_usable(

@@ -134,7 +134,7 @@ async def test_an_engine_that_failed_over_serves_the_next_request_again() -> Non
                 [chunk async for chunk in utterance.audio]
             assert utterance.stats.degraded
         fault = runtime.registry.engine("fault")
-        assert fault.limiter.borrowed_tokens == 0 and fault.active_streams == 0
+        assert fault.limiter.borrowed_tokens == 0 and fault.open_utterances == 0
 
 
 # -- end to end through POST /v1/audio/speech --------------------------------------------------

@@ -58,7 +58,7 @@ async def test_cancel_mid_utterance_leaves_no_task_or_busy_worker() -> None:
         await anyio.sleep(0.2)  # several engine steps' worth of time
         assert engine.engine.steps_started == started
         assert engine.engine.steps_finished == started
-        assert engine.active_streams == 0
+        assert engine.open_utterances == 0
 
 
 async def test_background_stream_closed_by_consumer_stops_synthesis() -> None:
@@ -70,7 +70,7 @@ async def test_background_stream_closed_by_consumer_stops_synthesis() -> None:
             break
         await stream.aclose()
         with anyio.fail_after(5):
-            while engine.limiter.borrowed_tokens or engine.active_streams:
+            while engine.limiter.borrowed_tokens or engine.open_utterances:
                 await anyio.sleep(0.01)
         started = engine.engine.steps_started
         await anyio.sleep(0.2)
@@ -94,4 +94,25 @@ async def test_piper_cancellation_leaves_no_busy_worker() -> None:
         async with runtime.speak(SpeakRequest(), text) as utterance:
             await utterance.audio.receive()
         assert piper.limiter.borrowed_tokens == 0
-        assert piper.active_streams == 0
+        assert piper.open_utterances == 0
+
+
+async def test_a_cancelled_piper_step_is_terminated_not_waited_for() -> None:
+    runtime = Runtime(entry_points=False)
+    async with runtime.running():
+        piper = runtime.registry.engine("piper")
+        long_sentence = "and then the story went on " * 40 + "."  # one ONNX call, seconds long
+        stream = runtime.stream(SpeakRequest(), long_sentence)
+        await stream.started()
+        with anyio.fail_after(30):
+            while not piper.limiter.borrowed_tokens:
+                await anyio.sleep(0.005)
+            await anyio.sleep(0.05)  # the ONNX run is under way
+            await stream.aclose()
+            while piper.limiter.borrowed_tokens or piper.open_utterances:
+                await anyio.sleep(0.005)
+        assert piper.engine.steps_cancelled == 1
+        # The engine is usable at once.
+        async with runtime.speak(SpeakRequest(pace=False), "Next.") as utterance:
+            audio = [chunk async for chunk in utterance.audio]
+        assert sum(len(c.samples) for c in audio) > 0

