@@ -105,6 +105,7 @@ def documented(
     body: type | None = None,
     *,
     body_required: bool = True,
+    multipart: dict[str, Any] | None = None,
     responses: dict[int, tuple[str, dict[str, dict[str, Any]]]] | None = None,
 ) -> type[Operation]:
     """An `operation_class` for a route handler that documents what Litestar can't infer.
@@ -112,15 +113,16 @@ def documented(
     Args:
         body: the msgspec Struct the handler decodes its JSON body into.
         body_required: False when an empty body is accepted (all defaults).
+        multipart: the JSON schema of a `multipart/form-data` form the handler also reads.
         responses: status -> (description, {media type: JSON schema}) replacing Litestar's
             guess for that status.
     """
     request_body = None
     if body is not None:
-        request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=json_schema(body))},  # type: ignore[arg-type]
-            required=body_required,
-        )
+        content = {"application/json": OpenAPIMediaType(schema=json_schema(body))}  # type: ignore[arg-type]
+        if multipart is not None:
+            content["multipart/form-data"] = OpenAPIMediaType(schema=multipart)  # type: ignore[arg-type]
+        request_body = RequestBody(content=content, required=body_required)
     overrides = {
         str(status): OpenAPIResponse(
             description=description,

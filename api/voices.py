@@ -28,6 +28,7 @@ from litestar import Request, delete, post
 from litestar.datastructures import State, UploadFile
 from litestar.params import FromPath
 from morpheus_tts.api.errors import OpenAIError, invalid_value, require_api_key
+from morpheus_tts.api.openapi import documented, error_responses
 from morpheus_tts.host.aliases import AliasResolver
 from morpheus_tts.host.registry import LoadedEngine, UnknownComponentError
 from morpheus_tts.host.runtime import Runtime
@@ -143,8 +144,23 @@ def _cloners(runtime: Runtime) -> str:
     )
 
 
-@post("/v1/audio/voices", guards=[require_api_key], status_code=201,
-      request_max_body_size=MAX_VOICE_BYTES * 2)
+VOICE_FORM = {
+    "type": "object",
+    "required": ["name", "file"],
+    "properties": {
+        "name": {"type": "string", "description": "the voice's name in requests"},
+        "file": {"type": "string", "format": "binary", "description": "the reference recording"},
+        "model": {"type": "string", "description": "the cloning engine (default: the first)"},
+    },
+}
+
+
+@post(
+    "/v1/audio/voices", guards=[require_api_key], status_code=201,
+    request_max_body_size=MAX_VOICE_BYTES * 2,
+    operation_class=documented(VoiceBody, multipart=VOICE_FORM),
+    responses=error_responses(400, 401, 404, 413),
+)
 async def create_voice(request: Request, state: State) -> dict[str, Any]:
     """Register a cloned voice from a reference recording (multipart or base64 JSON)."""
     runtime: Runtime = state.runtime
@@ -187,7 +203,10 @@ async def create_voice(request: Request, state: State) -> dict[str, Any]:
             "duration_s": round(seconds, 3), "sample_rate": rate}
 
 
-@delete("/v1/audio/voices/{name:str}", guards=[require_api_key], status_code=200)
+@delete(
+    "/v1/audio/voices/{name:str}", guards=[require_api_key], status_code=200,
+    responses=error_responses(401, 404),
+)
 async def delete_voice(state: State, name: FromPath[str]) -> dict[str, Any]:
     """Remove a voice registered with `POST /v1/audio/voices`."""
     runtime: Runtime = state.runtime

@@ -17,6 +17,7 @@ from morpheus_tts.api.encoders import CONTENT_TYPES
 from morpheus_tts.api.openapi import json_schema
 from morpheus_tts.api.schemas import LegacySpeakRequest, SpeechRequest
 from morpheus_tts.api.sessions import SessionCreate, TextInput
+from morpheus_tts.api.voices import VoiceBody
 
 CONFIG = """
 [server]
@@ -37,6 +38,7 @@ BODIES = {
     "/v1/sessions/{session_id}/text": TextInput,
     "/plugins": PluginLoad,
     "/config": ConfigUpdate,
+    "/v1/audio/voices": VoiceBody,
 }
 # The POSTs that are commands on a path and read no body.
 BODYLESS = {"/v1/audio/speech/{stream_id}/barge-in", "/v1/sessions/{session_id}/barge-in"}
