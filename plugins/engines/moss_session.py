@@ -83,6 +83,7 @@ class SessionState:
         self.voice = voice
         self.turns = 0
         self.open_turn: MossTurn | None = None
+        self.last_turn: MossTurn | None = None  # the newest turn, for health()
 
 
 class MossTurn:
@@ -101,6 +102,7 @@ class MossTurn:
         self.prefilled = self.text_ended = self.finished = self.closed = False
         self.base = self.prompt_end = self.after_prefill = 0
         self.fed = 0  # frames fed back into the cache
+        self.heard: int | None = None  # what interrupt() kept, once interrupted
 
     # -- EngineTurn ------------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class MossTurn:
             self.finished = True
             return
         heard = max(0, min(int(heard), len(self.frames)))
+        self.heard = heard
         with self.engine.lock:
             if not self.prefilled:
                 if self.request.session_id is not None:
@@ -232,6 +235,14 @@ class MossTurn:
         return self.pending[0] if self.pending else self.engine.tokenizer.text_pad_id
 
 
+def _turn_health(turn: MossTurn | None) -> dict[str, Any] | None:
+    if turn is None:
+        return None
+    return {"turn": turn.request.turn, "fresh": turn.fresh, "base": turn.base,
+            "prompt_end": turn.prompt_end, "after_prefill": turn.after_prefill,
+            "frames": len(turn.frames), "heard": turn.heard}
+
+
 class MossRealtimeEngine:
     """The engine contract over a `Backend`; runtimes subclass it and fill `_load`."""
 
@@ -279,11 +290,23 @@ class MossRealtimeEngine:
         gc.collect()
 
     def health(self) -> dict[str, Any]:
-        """Readiness plus the sessions held and their cache rows."""
-        rows = {sid: self.backend.cache_length(s.cache) for sid, s in self.sessions.items()
-                if s.cache is not None} if self.backend else {}
-        return {"ready": self.backend is not None, "sessions": len(self.sessions),
-                "cache_rows": rows}
+        """Readiness, the sessions held and their cache rows, and per session its newest turn
+        (`open` while one is): `base` (the cache rows it continued; 0 when it started the
+        context), `prompt_end`, `after_prefill`, `frames` drawn and `heard` (what a barge-in
+        kept, else None)."""
+        # No lock: a step holds it for a whole forward, and this runs on the server's event
+        # loop. A snapshot of the dict (atomic) and of each cache reference is enough.
+        backend, rows, detail = self.backend, {}, {}
+        for sid, state in list(self.sessions.items()) if backend else ():
+            cache = state.cache
+            if cache is None:
+                continue
+            rows[sid] = backend.cache_length(cache)
+            detail[sid] = {"rows": rows[sid], "turns": state.turns,
+                           "open": state.open_turn is not None,
+                           "last_turn": _turn_health(state.last_turn)}
+        return {"ready": backend is not None, "sessions": len(self.sessions),
+                "cache_rows": rows, "session_detail": detail}
 
     def synthesize(self, request: Any) -> Iterator[np.ndarray]:
         """One segment as a one-shot turn (for hosts that only speak segments)."""
@@ -320,7 +343,7 @@ class MossRealtimeEngine:
                 # A new voice, or a context too full for another turn: start afresh.
                 state.cache, state.voice, fresh = self.backend.new_cache(), voice, True
             turn = MossTurn(self, request, state, options, fresh)
-            state.open_turn, state.turns = turn, state.turns + 1
+            state.open_turn, state.last_turn, state.turns = turn, turn, state.turns + 1
         return turn
 
     def _must_evict(self, state: SessionState) -> bool:
