@@ -67,6 +67,19 @@ def word_error_rate(reference: str, hypothesis: str) -> float:
 # -- runtimes ---------------------------------------------------------------------------------
 
 
+FAULT_TOML = """
+[server]
+default_engine = "fault"
+[plugins.fault]
+module = "morpheus_tts.plugins.engines.fault"
+[plugins.sentence]
+module = "morpheus_tts.plugins.chunkers.sentence"
+[plugins.crossfade]
+module = "morpheus_tts.plugins.stitchers.crossfade"
+"""
+"""plugins.toml of a server on the scripted fault engine, the sentence chunker and crossfade."""
+
+
 def fault_runtime(**settings: object):
     """A Runtime whose default engine is the scripted `fault` engine with these settings."""
     from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import LiveServer, start_live_server
+from conftest import FAULT_TOML, LiveServer, start_live_server
 from morpheus_tts.api.admin import ConfigUpdate, PluginLoad
 from morpheus_tts.api.encoders import CONTENT_TYPES
 from morpheus_tts.api.openapi import json_schema
@@ -19,16 +19,7 @@ from morpheus_tts.api.schemas import LegacySpeakRequest, SpeechRequest
 from morpheus_tts.api.sessions import SessionCreate, TextInput
 from morpheus_tts.api.voices import VoiceBody
 
-CONFIG = """
-[server]
-default_engine = "fault"
-[plugins.fault]
-module = "morpheus_tts.plugins.engines.fault"
-[plugins.sentence]
-module = "morpheus_tts.plugins.chunkers.sentence"
-[plugins.crossfade]
-module = "morpheus_tts.plugins.stitchers.crossfade"
-"""
+CONFIG = FAULT_TOML
 
 # The POSTs that take a body, and the Struct each handler decodes it into.
 BODIES = {

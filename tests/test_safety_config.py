@@ -11,19 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import LiveServer, start_live_server
+from conftest import FAULT_TOML, LiveServer, start_live_server
 from morpheus_tts.host.config import ConfigError, load_config
 
-CONFIG = """
-[server]
-default_engine = "fault"
-[plugins.fault]
-module = "morpheus_tts.plugins.engines.fault"
-[plugins.sentence]
-module = "morpheus_tts.plugins.chunkers.sentence"
-[plugins.crossfade]
-module = "morpheus_tts.plugins.stitchers.crossfade"
-"""
+CONFIG = FAULT_TOML
 
 BAD = [
     ("max_sessions", -1, "Expected `int` >= 1"),

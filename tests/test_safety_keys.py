@@ -14,18 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 import websockets
-from conftest import LiveServer, start_live_server
+from conftest import FAULT_TOML, LiveServer, start_live_server
 
-CONFIG = """
-[server]
-default_engine = "fault"
-[plugins.fault]
-module = "morpheus_tts.plugins.engines.fault"
-[plugins.sentence]
-module = "morpheus_tts.plugins.chunkers.sentence"
-[plugins.crossfade]
-module = "morpheus_tts.plugins.stitchers.crossfade"
-"""
+CONFIG = FAULT_TOML
 
 API_KEY, ADMIN_KEY = "api-key-123", "admin-key-456"
 PROTECTED = [

@@ -11,19 +11,10 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from conftest import LiveServer, start_live_server
+from conftest import FAULT_TOML, LiveServer, start_live_server
 from morpheus_tts.api.errors import scrub
 
-CONFIG = """
-[server]
-default_engine = "fault"
-[plugins.fault]
-module = "morpheus_tts.plugins.engines.fault"
-[plugins.sentence]
-module = "morpheus_tts.plugins.chunkers.sentence"
-[plugins.crossfade]
-module = "morpheus_tts.plugins.stitchers.crossfade"
-"""
+CONFIG = FAULT_TOML
 ABSOLUTE_PATH = re.compile(r"(?<![\w.])/(?:tmp|work|etc|root|home|usr)\b")
 
 
