@@ -80,6 +80,18 @@ module = "morpheus_tts.plugins.stitchers.crossfade"
 """plugins.toml of a server on the scripted fault engine, the sentence chunker and crossfade."""
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """torch on one intra-op thread for a module: tiny models on a shared 2-core machine run
+    far faster without them (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def fault_runtime(**settings: object):
     """A Runtime whose default engine is the scripted `fault` engine with these settings."""
     from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings

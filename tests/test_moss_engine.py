@@ -20,14 +20,7 @@ from morpheus_tts.plugins.engines.moss_realtime import MossRealtimeTorchEngine
 from morpheus_tts.plugins.engines.moss_settings import MossRealtimeSettings
 from morpheus_tts.plugins.engines.moss_tiny import CODEC_DIR, MODEL_DIR, write_all
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core machine run far faster without intra-op threads.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,7 @@ from morpheus_tts.plugins.engines.moss_torch_model import load_model
 TOLERANCE = 1e-4  # relative to the largest magnitude; measured ~2e-6 in float32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
