@@ -1,165 +1,164 @@
-"""The engine stage of an utterance: rate-controlled requests, failover, pacing.
+"""The engine stage of an utterance: its text deltas in, engine output out, as one turn.
 
-For each text segment it asks the rate controller for a chunk size, runs the engine's steps
-under the failover policy (stall timeout, retry smaller, next engine), sends every output on
-to the stitcher stamped with the turn's generation, reports chunk timing to the controller, and
-waits while the client's buffer is full. Output of a turn interrupted by barge-in is dropped.
+There is one stream path, whatever the engine's shape. Every attempt at the utterance is a
+turn run on one engine of the failover chain:
+
+- a turn-shaped engine (`capabilities.incremental_text`) runs its own `EngineTurn`
+  (`host.engine_turn`): the deltas go straight to `push_text`, one segment for the whole turn;
+- a segment engine is presented as a turn by its chunker, the adapter (`host.segment_turn`,
+  LiveKit's StreamAdapter): the deltas are cut into segments and each is one `synthesize()`.
+
+The stage keeps what every attempt shares (the text so far, the segments cut from it, whether
+audio has gone out) and runs the failover loop: a failed run is abandoned (a turn hears
+`interrupt(0)` and `close()`), the policy picks the next attempt (a smaller-chunk retry, then
+the next engine), and the next run replays what was not heard: everything before any audio;
+after audio a segment engine goes on from the next unspoken segment, a turn cannot (the loss
+stands and the utterance fails). A final error (a bad request) is never retried.
+
+Barge-in or a client gone cancels the stage: the run stops its step (`host.steps`) and, for a
+turn, `interrupt(heard)` with what the client was sent, then `close()`.
 """
 
 from __future__ import annotations
 
-import time
-from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
-import numpy as np
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
-from morpheus_tts.host.contracts import EngineCapabilities, SynthesisRequest
+from morpheus_tts.host.engine_turn import EngineTurnRun
 from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
-from morpheus_tts.host.failover import Candidate, FailoverPolicy, SegmentLog, is_final_error
-from morpheus_tts.host.rate import RateController
+from morpheus_tts.host.failover import Candidate, FailoverPolicy
+from morpheus_tts.host.segment_turn import ChunkedText, SegmentRun
 
 if TYPE_CHECKING:
-    from morpheus_tts.host.pipeline import Utterance, UtteranceSpec
+    from morpheus_tts.host.pipeline import Utterance
 
-MAX_PAUSE_S = 0.25  # re-check the playback model at least this often while paused
+
+class TurnRun(Protocol):
+    """One attempt at the utterance on one engine."""
+
+    sent: int  # outputs handed to the stitcher
+
+    async def speak(self) -> None:
+        """Speak the text (what earlier attempts left, then the live deltas) to its end."""
+
+    def resumable(self) -> bool:
+        """After a failure: can a next attempt go on without doubling what was heard?"""
+
+    async def abandon(self, wait_s: float | None) -> None:
+        """The run failed: release the engine (waiting for a stalled step at most `wait_s`)."""
+
+    async def interrupt(self) -> None:
+        """Barge-in or the client left: stop, keeping what the client was sent."""
+
+    async def finish(self) -> None:
+        """The run spoke the whole text: end it normally."""
+
+
+class TextSoFar:
+    """The utterance's text deltas as they arrive, kept so a later attempt can replay them."""
+
+    def __init__(self, utt: Utterance, text_in: ObjectReceiveStream[TextDelta]) -> None:
+        self._utt, self._text_in = utt, text_in
+        self.deltas: list[str] = []
+        self.ended = False
+
+    @property
+    def joined(self) -> str:
+        """All the text received so far."""
+        return "".join(self.deltas)
+
+    async def next(self) -> str | None:
+        """The next non-empty delta, or None once the text has ended."""
+        while not self.ended:
+            try:
+                delta = await self._text_in.receive()
+            except anyio.EndOfStream:
+                self.ended = True
+                return None
+            if delta.generation < self._utt.generation:
+                continue  # text of an interrupted turn
+            self.ended = delta.final
+            if delta.text:
+                self.deltas.append(delta.text)
+                return delta.text
+        return None
+
+
+class StageState:
+    """What the attempts of one utterance share.
+
+    Args:
+        utt: the utterance.
+        text_in: its text deltas.
+        raw_out: engine output on its way to the stitch stage.
+    """
+
+    def __init__(
+        self,
+        utt: Utterance,
+        text_in: ObjectReceiveStream[TextDelta],
+        raw_out: ObjectSendStream[PCMChunk | TokenFrames],
+    ) -> None:
+        self.utt, self.raw_out = utt, raw_out
+        self.text = TextSoFar(utt, text_in)
+        self.chunked = ChunkedText(utt, self.text, split_first=_low_latency_split(utt))
+        self.attempts = 0
+        self.audio_sent = False  # once audio went out, nothing heard may be replayed
+        self.unrecovered: Exception | None = None  # a failure no later attempt spoke past
 
 
 async def engine_stage(
     utt: Utterance,
-    segments_in: ObjectReceiveStream[TextDelta],
+    text_in: ObjectReceiveStream[TextDelta],
     raw_out: ObjectSendStream[PCMChunk | TokenFrames],
 ) -> None:
-    """Synthesize each segment under rate control and failover, pausing on overflow."""
-    spec, stats, rate = utt.spec, utt.stats, utt.rate
+    """Speak the utterance on its engine, failing over along the chain."""
+    spec = utt.spec
     policy = FailoverPolicy(
         [Candidate(spec.engine, spec.voice), *spec.failover],
         stall_timeout_s=spec.stall_timeout_s,
         on_failover=utt.probe.record_failover,
         on_unavailable=spec.on_unavailable,
     )
-    stats.engine, stats.degraded = policy.engine.name, policy.degraded
-    stats.failures = list(policy.failures)
-    log = SegmentLog(segments_in, split_first=_low_latency_split(spec))
-    audio_sent = False  # once audio left the engine, failover can't replay what was heard
-    unrecovered: Exception | None = None  # a failure no later attempt has spoken past yet
-    index = 0
-    async with segments_in, raw_out:
-        while (segment := await log.get(index)) is not None:
-            if segment.generation < utt.generation:
-                return
-            await _pace(rate, rate.expected_audio_ms(len(segment.text)))
-            loaded = policy.engine
-            caps = loaded.engine.capabilities
-            base = SynthesisRequest(
-                text=segment.text,
-                speed=spec.speed if caps.native_speed else 1.0,
-                options=spec.options,
-                chunk_size=rate.next_chunk_size(),
-                low_latency=rate.low_latency,
-            )
-            request = policy.request(base, spec.rate.min_chunk)
-            utt.probe.on_segment_start(segment.segment, segment.text)
-            spoke, failure = await _speak_segment(utt, policy, request, segment, raw_out)
-            utt.probe.on_segment_end(segment.segment, spoke)
-            audio_sent = audio_sent or spoke > 0
-            if failure is not None:
-                unrecovered = unrecovered or failure
-                policy.failed(failure)  # re-raises once the chain is spent
-                stats.engine, stats.degraded = policy.engine.name, policy.degraded
-                stats.failures = list(policy.failures)
-                # Before any audio: replay it all. After: go on from the next unspoken segment.
-                index = (index + (1 if spoke else 0)) if audio_sent else 0
-                continue
-            if utt.generation != segment.generation:
-                return
-            if spoke:
-                unrecovered = None
-            rate.segment_done(len(segment.text))
-            stats.segments += 1
-            stats.characters_spoken += len(segment.text)
-            index += 1
-    if unrecovered is not None:
-        raise unrecovered  # the text ended before the next attempt spoke: the loss stands
-
-
-async def _speak_segment(
-    utt: Utterance,
-    policy: FailoverPolicy,
-    request: SynthesisRequest,
-    segment: TextDelta,
-    raw_out: ObjectSendStream[PCMChunk | TokenFrames],
-) -> tuple[int, Exception | None]:
-    """Send one segment's audio on; returns the chunks sent and the engine's error, if any."""
-    caps = policy.engine.engine.capabilities
-    sent = 0
-    async with aclosing(policy.steps(request)) as outputs:
+    _note_engine(utt, policy)
+    state = StageState(utt, text_in, raw_out)
+    async with text_in, raw_out:
         while True:
-            started = time.perf_counter()
+            run = _new_run(state, policy)
             try:
-                output = await anext(outputs)
-            except StopAsyncIteration:
-                return sent, None
+                await run.speak()
             except Exception as exc:  # noqa: BLE001 - the engine's failure, for the policy
-                if is_final_error(exc):
-                    raise  # a bad request: no retry, no other engine
-                return sent, exc
-            if utt.generation != segment.generation:
-                return sent, None  # barge-in: the step's output is discarded
-            event = wrap_output(
-                caps, output, segment.stream_id, segment.segment, utt.rate.chunks,
-                utt.generation, segment.trace,
-            )
-            counted = caps.chunk_unit is not None or caps.output == "tokens"
-            units = request.chunk_size if counted else None
-            utt.rate.produced(_duration_ms(event, utt.spec), _ms_since(started), units=units)
-            if utt.stats.first_byte_at is None:
-                utt.stats.first_byte_at = time.perf_counter()
-            await raw_out.send(event)
-            sent += 1
-            await _pace(utt.rate, None)
+                await run.abandon(wait_s=spec.stall_timeout_s)
+                if not run.resumable():
+                    raise  # a turn was heard: replaying it elsewhere would double it
+                if state.audio_sent:
+                    state.unrecovered = state.unrecovered or exc
+                policy.failed(exc)  # re-raises once the chain is spent (or the request is bad)
+                _note_engine(utt, policy)
+                state.attempts += 1
+                continue
+            except BaseException:
+                await run.interrupt()  # barge-in or client gone
+                raise
+            await run.finish()
+            break
+    if state.unrecovered is not None:
+        raise state.unrecovered  # the text ended before the next attempt spoke: the loss stands
 
 
-def _low_latency_split(spec: UtteranceSpec) -> bool:
+def _new_run(state: StageState, policy: FailoverPolicy) -> TurnRun:
+    if policy.engine.turn_shaped:
+        return EngineTurnRun(state, policy)
+    return SegmentRun(state, policy)
+
+
+def _low_latency_split(utt: Utterance) -> bool:
     # Waveform engines speak a segment per call: an earlier first audio needs a shorter first
     # call. Token engines get a smaller first chunk instead.
-    return spec.low_latency and spec.engine.engine.capabilities.output == "pcm"
+    return utt.spec.low_latency and utt.spec.engine.engine.capabilities.output == "pcm"
 
 
-async def _pace(rate: RateController, next_audio_ms: float | None) -> None:
-    """Wait while the client holds more audio than it needs (overflow)."""
-    # The model drains with the clock, not with an event: polling it is the point.
-    while (wait_s := rate.pause_s(next_audio_ms=next_audio_ms)) > 0:  # noqa: ASYNC110
-        await anyio.sleep(min(wait_s, MAX_PAUSE_S))
-
-
-def _ms_since(started: float) -> float:
-    return 1000.0 * (time.perf_counter() - started)
-
-
-def _duration_ms(event: PCMChunk | TokenFrames, spec: UtteranceSpec) -> float:
-    if isinstance(event, PCMChunk):
-        return event.duration_ms
-    codec = spec.codecs.get(event.codec) or spec.codec
-    return 1000.0 * len(event.frames) / codec.frame_rate if codec else 0.0
-
-
-def wrap_output(
-    caps: EngineCapabilities,
-    output: np.ndarray,
-    stream_id: str,
-    segment: int,
-    seq: int,
-    generation: int,
-    trace: dict[str, str] | None,
-) -> PCMChunk | TokenFrames:
-    """An engine's output as the bus event the stitch stage takes."""
-    common = dict(
-        stream_id=stream_id, generation=generation, seq=seq, segment=segment, trace=trace
-    )
-    if caps.output == "tokens":
-        return TokenFrames(frames=output, codec=caps.codec or "", **common)
-    return PCMChunk(
-        samples=np.asarray(output, dtype=np.float32), sample_rate=caps.sample_rate, **common
-    )
+def _note_engine(utt: Utterance, policy: FailoverPolicy) -> None:
+    utt.stats.engine, utt.stats.degraded = policy.engine.name, policy.degraded
+    utt.stats.failures = list(policy.failures)

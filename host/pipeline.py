@@ -6,18 +6,19 @@ Blocking inference runs one step per worker-thread call behind the engine's Capa
 cancelling the utterance (client gone, barge-in) is noticed between steps, so every stage and
 the worker stop within one engine step and nothing is left running.
 
-There is one stream path, text deltas in and PCM out; what sits between text and audio depends
-on the engine's shape. A turn-shaped engine (`capabilities.incremental_text`) gets the deltas
-straight in (`host.turn_stage`: one `EngineTurn` per utterance, one segment, one codec decoder).
-A segment engine is presented as a turn by its chunker, the adapter (LiveKit's StreamAdapter):
-the chunk stage cuts the deltas into segments and `host.engine_stage` speaks them one by one.
+There is one stream path, text deltas in and PCM out: the engine stage (`host.engine_stage`)
+speaks every utterance as a turn. A turn-shaped engine (`capabilities.incremental_text`) gets
+the deltas straight into its own `EngineTurn` (`host.engine_turn`: one segment, one codec
+decoder); a segment engine is presented as a turn by its chunker, the adapter
+(`host.segment_turn`, LiveKit's StreamAdapter), which cuts the deltas into segments and speaks
+them one `synthesize()` call each.
 
 Realtime control lives beside it: `host.rate` picks each request's chunk size and pauses the
 engine while the client's buffer is full; `host.failover` times out stalled steps, retries and
 moves to the next engine. Barge-in (`Utterance.barge_in`) is a `BargeIn` event published on the
 utterance's control bus (`host.bus`), ahead of queued audio: it bumps the generation (every
-stage and the reader drop older events); the chunk stage forgets buffered text; the engine
-stages stop (a turn-shaped engine hears `interrupt(heard)` with what the client was sent, then
+stage and the reader drop older events); the engine stage stops (its chunker forgets buffered
+text; a turn-shaped engine hears `interrupt(heard)` with what the client was sent, then
 `close()`); the stitcher ends with a short fade.
 
 The TaskGroup lives in the `open_utterance` context manager, never across the `yield` of an
@@ -46,7 +47,6 @@ from morpheus_tts.host.observer import NULL_OBSERVER
 from morpheus_tts.host.rate import RateController, RateSettings
 from morpheus_tts.host.registry import LoadedEngine
 from morpheus_tts.host.stitch_stage import stitch_stage
-from morpheus_tts.host.turn_stage import turn_stage
 
 if TYPE_CHECKING:
     from morpheus_tts.host.observer import Outcome, UtteranceObserver, UtteranceProbe
@@ -55,7 +55,6 @@ if sys.version_info < (3, 11):
     from exceptiongroup import BaseExceptionGroup
 
 TEXT_BUFFER = 64  # text deltas are tiny; let a fast producer run ahead
-SEGMENT_BUFFER = 2  # at most two segments queued ahead of the engine
 AUDIO_BUFFER = 2  # chunks between stages: backpressure reaches the engine within two chunks
 
 
@@ -253,7 +252,6 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
     Leaving the block early cancels whatever is still running.
     """
     text_send, text_recv = anyio.create_memory_object_stream[TextDelta](TEXT_BUFFER)
-    seg_send, seg_recv = anyio.create_memory_object_stream[TextDelta](SEGMENT_BUFFER)
     raw_send, raw_recv = anyio.create_memory_object_stream[PCMChunk | TokenFrames](AUDIO_BUFFER)
     out_send, out_recv = anyio.create_memory_object_stream[PCMChunk](AUDIO_BUFFER)
     stats = UtteranceStats(engine=spec.engine.name)
@@ -266,9 +264,7 @@ async def open_utterance(spec: UtteranceSpec, text: str | None = None) -> AsyncI
             utterance.bus.subscribe("engine", utterance._stop_producers)
             utterance.bus.subscribe("stitcher", utterance._stop_stitching)
             with probe.activated():  # tasks started here inherit the request id and span
-                tg.start_soon(
-                    _producer_stages, utterance, text_recv, seg_send, seg_recv, raw_send
-                )
+                tg.start_soon(_producer_stages, utterance, text_recv, raw_send)
                 tg.start_soon(stitch_stage, utterance, raw_recv, out_send)
                 if text is not None:
                     tg.start_soon(functools.partial(utterance.send_text, text, final=True))
@@ -301,72 +297,10 @@ def _stage_error(exc: BaseException) -> BaseException:
 async def _producer_stages(
     utt: Utterance,
     text_in: ObjectReceiveStream[TextDelta],
-    segments_out: ObjectSendStream[TextDelta],
-    segments_in: ObjectReceiveStream[TextDelta],
     raw_out: ObjectSendStream[PCMChunk | TokenFrames],
 ) -> None:
-    """The text and engine stages under one cancel scope, which barge-in cancels.
-
-    A turn-shaped engine takes the text deltas itself; a segment engine hears them through
-    the chunk stage (the adapter that presents it as a turn).
-    """
+    """The engine stage under the cancel scope that barge-in cancels."""
     with utt._producers:
-        async with anyio.create_task_group() as tg:
-            if utt.spec.engine.turn_shaped:
-                tg.start_soon(turn_stage, utt, text_in, raw_out)
-            else:
-                tg.start_soon(_chunk_stage, utt, text_in, segments_out)
-                tg.start_soon(engine_stage, utt, segments_in, raw_out)
-    for stream in (text_in, segments_out, segments_in, raw_out):
+        await engine_stage(utt, text_in, raw_out)
+    for stream in (text_in, raw_out):
         stream.close()  # type: ignore[attr-defined]
-
-
-CHUNK_OFF_LOOP_CHARS = 4096  # deltas longer than this are chunked in a worker thread
-
-
-def _chunk(chunker: Chunker, text: str, final: bool) -> list[str]:
-    pieces = chunker.push(text)
-    return pieces + chunker.flush() if final else pieces
-
-
-async def _chunk_stage(
-    utt: Utterance,
-    text_in: ObjectReceiveStream[TextDelta],
-    segments_out: ObjectSendStream[TextDelta],
-) -> None:
-    """Cut text deltas into segments for a segment engine; a barge-in forgets buffered text."""
-    spec = utt.spec
-    index = 0
-
-    def forget(event: Event) -> None:
-        if isinstance(event, BargeIn):
-            spec.chunker.reset()
-
-    utt.bus.subscribe("chunker", forget)
-    async with text_in, segments_out:
-        async for delta in text_in:
-            if delta.generation < utt.generation:
-                continue  # text of an interrupted turn
-            if len(delta.text) > CHUNK_OFF_LOOP_CHARS:
-                # Long deltas are cut in a worker thread, so the event loop keeps serving.
-                pieces = await anyio.to_thread.run_sync(
-                    _chunk, spec.chunker, delta.text, delta.final
-                )
-            else:
-                pieces = _chunk(spec.chunker, delta.text, delta.final)
-            for piece in pieces:
-                if utt.stats.first_segment_at is None:
-                    utt.stats.first_segment_at = time.perf_counter()
-                await segments_out.send(
-                    TextDelta(
-                        stream_id=spec.stream_id,
-                        generation=delta.generation,
-                        seq=index,
-                        text=piece,
-                        segment=index,
-                        trace=delta.trace,
-                    )
-                )
-                index += 1
-            if delta.final:
-                return

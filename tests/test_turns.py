@@ -6,6 +6,7 @@ import anyio
 import numpy as np
 import pytest
 import turn_engine
+from conftest import fault_runtime
 from morpheus_tts.host.config import MorpheusConfig, PluginEntry, ServerSettings
 from morpheus_tts.host.registry import Registry
 from morpheus_tts.host.runtime import Runtime, SpeakRequest
@@ -127,3 +128,36 @@ async def test_an_incremental_engine_without_open_turn_fails_to_load_naming_it()
         "TypeError: engine 'halfturn' declares incremental_text=True but does not implement "
         "open_turn, end_session; add open_turn/end_session or drop the flag"
     )
+
+
+async def test_a_segment_engine_hears_the_same_deltas_as_whole_segments() -> None:
+    # One stream path: the chunker is the adapter that presents a segment engine as a turn.
+    runtime = fault_runtime(chunks_per_segment=2, chunk_ms=50)
+    async with runtime.running():
+        fault = runtime.registry.engine("fault").engine
+        async with runtime.speak(SpeakRequest(pace=False)) as utt:
+            for delta in ["Hel", "lo the", "re. How", " are", " you?"]:
+                await utt.send_text(delta)
+            await utt.end_text()
+            chunks = [chunk async for chunk in utt.audio]
+    assert fault.texts == ["Hello there.", "How are you?"]
+    segments = [c.segment for c in chunks if len(c.samples)]
+    assert segments == sorted(segments) and set(segments) == {0, 1}  # one seam, in order
+    assert utt.stats.segments == 2
+    assert utt.stats.characters_spoken == len("Hello there.How are you?")
+
+
+async def test_a_segment_engine_barge_in_stops_the_one_engine_stage() -> None:
+    runtime = fault_runtime(chunks_per_segment=20, chunk_ms=50, step_delay_ms=5)
+    async with runtime.running():
+        loaded = runtime.registry.engine("fault")
+        async with runtime.speak(SpeakRequest(pace=False), "One. Two. Three.") as utt:
+            first = await utt.audio.receive()
+            utt.consumed(len(first.samples))
+            utt.barge_in(0)
+            rest = [chunk async for chunk in utt.audio]
+    assert rest[-1].final
+    assert loaded.engine.texts == ["One."]  # the later segments were never asked for
+    assert loaded.limiter.borrowed_tokens == 0
+    event, stages = utt.bus.history[0]
+    assert event.delivered == len(first.samples) and stages == ["engine", "stitcher"]

@@ -68,6 +68,7 @@ class FaultEngine:
         )
         self.steps_started = 0
         self.steps_finished = 0
+        self.texts: list[str] = []  # every segment it was asked to speak, in order
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self.started = False
@@ -89,6 +90,7 @@ class FaultEngine:
     def synthesize(self, request: SynthesisRequest) -> Iterator[np.ndarray]:
         """One tone chunk per step, following the script."""
         s = self.settings
+        self.texts.append(request.text)
         if s.silent:
             return
         for index, (n, units) in enumerate(self._chunk_plan(request)):
