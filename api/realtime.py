@@ -19,6 +19,7 @@ from litestar.exceptions import WebSocketDisconnect
 from litestar.handlers import websocket
 from litestar.params import FromPath
 from morpheus_tts.api.errors import TOO_DEEP, OpenAIError, require_api_key
+from morpheus_tts.api.security import chosen_subprotocol
 from morpheus_tts.api.sessions import (
     SessionCreate,
     TextInput,
@@ -72,7 +73,7 @@ def pcm0_frame(samples: np.ndarray, sample_rate: int, channels: int = 1) -> byte
 @websocket("/v1/sessions/{session_id:str}/ws", guards=[require_api_key])
 async def session_socket(socket: WebSocket, session_id: FromPath[str]) -> None:
     """Speak a session over a WebSocket; the session outlives the connection."""
-    await socket.accept()
+    await socket.accept(subprotocols=chosen_subprotocol(dict(socket.headers)))
     manager = session_manager(socket.app.state)
     try:
         session = manager.get(session_id)
@@ -89,7 +90,7 @@ async def realtime_socket(socket: WebSocket) -> None:
     The settings come from the query (`engine`, `voice`, `speed`, `low_latency`, `pace`) or
     from a first `session.create` message.
     """
-    await socket.accept()
+    await socket.accept(subprotocols=chosen_subprotocol(dict(socket.headers)))
     manager = session_manager(socket.app.state)
     query = {k: socket.query_params[k] for k in QUERY_FIELDS if k in socket.query_params}
     first: ClientMessage | None = None

@@ -10,6 +10,7 @@ reads a body, so a refusal changes nothing and costs nothing:
    WebSocket is closed before it is accepted. Requests without `Origin` (curl, SDKs, servers)
    are not browser requests and pass.
 2. **API key**. With `$MORPHEUS_API_KEY` set, everything needs `Authorization: Bearer <key>`
+   (a browser's WebSocket offers it as the subprotocol `openai-insecure-api-key.<key>`)
    except `PUBLIC`: `GET /health`, the OpenAPI schema under `/schema` and the web UI's own
    files. The admin key (`$MORPHEUS_ADMIN_KEY` or `[server] admin_key`, also accepted as
    `X-Admin-Key`) opens everything the API key opens; the admin endpoints need it on top when
@@ -35,6 +36,9 @@ from morpheus_tts.host.config import read_environment
 from morpheus_tts.host.errors import MorpheusError
 
 API_KEY_ENV = "MORPHEUS_API_KEY"
+# A browser's WebSocket cannot send headers: it offers the key as this subprotocol plus a plain
+# one (OpenAI's browser convention, `new WebSocket(url, ["realtime", KEY_SUBPROTOCOL + key])`).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
 ADMIN_KEY_ENV = "MORPHEUS_ADMIN_KEY"
 
 # Endpoints that take `multipart/form-data` uploads (voice prompts) besides JSON.
@@ -72,11 +76,36 @@ def configured_admin_key(runtime: Any) -> str | None:
 
 
 def presented_key(headers: dict[str, str]) -> str | None:
-    """The key a request carries: `Authorization: Bearer <key>`, else `X-Admin-Key`."""
+    """The key a request carries: `Authorization: Bearer <key>`, else `X-Admin-Key`, else (a
+    WebSocket handshake from a browser, which cannot set headers) the subprotocol
+    `openai-insecure-api-key.<key>`."""
     scheme, _, token = headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and token.strip():
         return token.strip()
-    return headers.get("x-admin-key") or None
+    if admin := headers.get("x-admin-key"):
+        return admin
+    for protocol in _subprotocols(headers):
+        if protocol.startswith(KEY_SUBPROTOCOL) and len(protocol) > len(KEY_SUBPROTOCOL):
+            return protocol[len(KEY_SUBPROTOCOL):]
+    return None
+
+
+def chosen_subprotocol(headers: dict[str, str]) -> str | None:
+    """The WebSocket subprotocol to answer with: the client's first that carries no key.
+
+    A browser that offers subprotocols closes a connection whose answer names none, so a page
+    sending its key as a subprotocol offers a plain one too (`realtime`, as OpenAI's own
+    browser clients do); the key itself is never echoed back.
+    """
+    for protocol in _subprotocols(headers):
+        if not protocol.startswith(KEY_SUBPROTOCOL):
+            return protocol
+    return None
+
+
+def _subprotocols(headers: dict[str, str]) -> list[str]:
+    offered = headers.get("sec-websocket-protocol", "")
+    return [p.strip() for p in offered.split(",") if p.strip()]
 
 
 def key_matches(given: str | None, *expected: str | None) -> bool:

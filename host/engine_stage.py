@@ -13,7 +13,9 @@ audio has gone out) and runs the failover loop: a failed run is abandoned (a tur
 `interrupt(0)` and `close()`), the policy picks the next attempt (a smaller-chunk retry, then
 the next engine), and the next run replays what was not heard: everything before any audio;
 after audio a segment engine goes on from the next unspoken segment, a turn cannot (the loss
-stands and the utterance fails). A final error (a bad request) is never retried.
+stands and the utterance fails). A final error (a bad request) is never retried. A chain keeps
+to one shape (the runtime filters `[server] failover`): a turn could not take over from the
+middle of an utterance a segment engine had begun.
 
 Barge-in or a client gone cancels the stage: the run stops its step (`host.steps`) and, for a
 turn, `interrupt(heard)` with what the client was sent, then `close()`.

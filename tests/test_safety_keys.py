@@ -95,12 +95,19 @@ def test_outputs_files_need_the_key(api_only: LiveServer) -> None:
     assert fetched.status_code == 200 and fetched.content[:4] == b"RIFF"
 
 
-def ws_status(server: LiveServer, headers: dict[str, str]) -> str:
+def ws_status(
+    server: LiveServer, headers: dict[str, str], subprotocols: list[str] | None = None
+) -> str:
+    """The first message of a /v1/realtime handshake (its first 30 characters), else the HTTP
+    status that refused it; with `subprotocols`, the one the server chose comes first."""
     async def run() -> str:
         url = f"ws://127.0.0.1:{server.port}/v1/realtime?engine=fault"
         try:
-            async with websockets.connect(url, additional_headers=headers, open_timeout=10) as ws:
-                return str(await asyncio.wait_for(ws.recv(), 10))[:30]
+            async with websockets.connect(
+                url, additional_headers=headers, subprotocols=subprotocols, open_timeout=10
+            ) as ws:
+                first = str(await asyncio.wait_for(ws.recv(), 10))[:30]
+                return f"{ws.subprotocol} {first}" if subprotocols else first
         except websockets.InvalidStatus as exc:
             return str(exc.response.status_code)
 
@@ -110,6 +117,15 @@ def ws_status(server: LiveServer, headers: dict[str, str]) -> str:
 def test_a_websocket_needs_the_key(api_only: LiveServer) -> None:
     assert ws_status(api_only, {}) == "403"
     assert ws_status(api_only, bearer(API_KEY)).startswith('{"type":"session.created"')
+
+
+def test_a_browser_websocket_sends_the_key_as_a_subprotocol(api_only: LiveServer) -> None:
+    # Browsers cannot set headers on a WebSocket: OpenAI's convention carries the key as a
+    # subprotocol beside a plain one, which the server answers with (never with the key).
+    offered = ["realtime", f"openai-insecure-api-key.{API_KEY}"]
+    assert ws_status(api_only, {}, offered).startswith('realtime {"type":"session.created"')
+    assert ws_status(api_only, {}, ["realtime", "openai-insecure-api-key.wrong"]) == "403"
+    assert ws_status(api_only, {}, ["realtime"]) == "403"
 
 
 def test_with_an_admin_key_the_api_key_no_longer_opens_admin_writes(

@@ -327,3 +327,30 @@ def test_narrow_screen_with_reduced_motion(
     finally:
         browser.context.close()
     assert browser.errors == []
+
+
+def test_a_server_with_an_api_key_works_once_the_key_is_typed_in(
+    playwright: object, tmp_path: Path
+) -> None:
+    live = start_live_server(
+        tmp_path, CONFIG.format(step_delay_ms=0, extra=""), env={"MORPHEUS_API_KEY": "k3y-123"}
+    )
+    browser = Browser(playwright, tmp_path / "profile")
+    try:
+        page = browser.page
+        page.goto(live.url + "/")
+        page.wait_for_function(
+            "() => /Enter the server's key/.test(document.querySelector('#status').textContent)"
+        )
+        page.fill("#admin-key", "k3y-123")
+        page.press("#admin-key", "Enter")
+        page.wait_for_function("() => document.querySelector('#engine').options.length > 0")
+        page.fill("#text", "Hello with a key.")
+        page.click("#speak")  # a realtime WebSocket: the key rides as a subprotocol
+        stats = wait_drained(browser)
+        assert stats["rendered"] == fault_samples("Hello with a key.")
+        assert not any("k3y-123" in url for url in browser.urls)  # never in a URL
+    finally:
+        browser.context.close()
+        live.stop()
+    assert browser.errors == []

@@ -1,7 +1,7 @@
 // The plugin manager (GET/POST /plugins, DELETE /plugins/{name}) and the voice upload form
 // (POST /v1/audio/voices, shown only while a loaded engine clones voices).
 
-import { call } from "./api.js";
+import { call, setKey } from "./api.js";
 
 const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "morpheus.adminKey";
@@ -11,10 +11,6 @@ function say(id, message, isError = false) {
   const node = $(id);
   node.textContent = message;
   node.classList.toggle("error", isError);
-}
-
-export function adminKey() {
-  return $("admin-key").value.trim() || null;
 }
 
 function healthText(plugin) {
@@ -86,7 +82,7 @@ async function unload(plugin, onChange) {
   const { name } = plugin;
   say("plugins-status", `Unloading ${name}…`);
   try {
-    await call(`/plugins/${encodeURIComponent(name)}`, { method: "DELETE", adminKey: adminKey() });
+    await call(`/plugins/${encodeURIComponent(name)}`, { method: "DELETE" });
     unloadedHere.set(name, plugin);
     say("plugins-status", `Unloaded ${name}.`);
   } catch (error) {
@@ -108,7 +104,7 @@ async function load(form, onChange) {
   say("plugins-status", `Loading ${name}…`);
   try {
     const json = { name, module: data.get("module"), settings };
-    const plugin = await call("/plugins", { method: "POST", json, adminKey: adminKey() });
+    const plugin = await call("/plugins", { method: "POST", json });
     say("plugins-status", `Loaded ${plugin.name}: ${plugin.state}.`);
   } catch (error) {
     say("plugins-status", `Could not load ${name}: ${error.message}`, true);
@@ -127,7 +123,7 @@ async function upload(form, onChange) {
   const data = new FormData(form);
   say("voices-status", `Uploading ${data.get("name")}…`);
   try {
-    await call("/v1/audio/voices", { method: "POST", body: data, adminKey: adminKey() });
+    await call("/v1/audio/voices", { method: "POST", body: data });
     say("voices-status", `Uploaded voice ${data.get("name")}.`);
     form.reset();
   } catch (error) {
@@ -138,17 +134,24 @@ async function upload(form, onChange) {
 
 export function describeAdmin(config) {
   $("admin-help").textContent = config.admin_key_set
-    ? "The server has an admin key: loading and unloading need it."
-    : "The server has no admin key: loading and unloading are open.";
+    ? "The server has an admin key: loading and unloading need it. Every request sends this key."
+    : "The server has no admin key: loading and unloading are open. Every request sends this key.";
 }
 
 export function setUpAdmin(onChange) {
   const key = $("admin-key");
   key.value = sessionStorage.getItem(KEY_STORAGE) || "";
-  key.addEventListener("change", () => sessionStorage.setItem(KEY_STORAGE, key.value));
+  setKey(key.value.trim());
+  const keep = () => {
+    sessionStorage.setItem(KEY_STORAGE, key.value);
+    setKey(key.value.trim());
+    onChange(); // a server that refused the page may answer now
+  };
+  key.addEventListener("input", () => setKey(key.value.trim()));
+  key.addEventListener("change", keep);
   $("admin-form").addEventListener("submit", (event) => {
     event.preventDefault();
-    sessionStorage.setItem(KEY_STORAGE, key.value);
+    keep();
   });
   $("plugin-load").addEventListener("submit", (event) => {
     event.preventDefault();

@@ -11,7 +11,19 @@ export class ApiError extends Error {
   }
 }
 
-export async function call(path, { method = "GET", json, body, adminKey, headers = {} } = {}) {
+let pageKey = null; // the key typed into the page: sent with every call and WebSocket
+
+/** Use `key` (the server's API key or its admin key) from now on; null sends none. */
+export function setKey(key) {
+  pageKey = key || null;
+}
+
+/** WebSocket subprotocols that carry the key (a browser's WebSocket cannot send headers). */
+export function keyProtocols() {
+  return pageKey ? ["realtime", `openai-insecure-api-key.${pageKey}`] : [];
+}
+
+export async function call(path, { method = "GET", json, body, headers = {} } = {}) {
   const init = { method, headers: { ...headers } };
   if (json !== undefined) {
     init.body = JSON.stringify(json);
@@ -19,7 +31,7 @@ export async function call(path, { method = "GET", json, body, adminKey, headers
   } else if (body !== undefined) {
     init.body = body;
   }
-  if (adminKey) init.headers.Authorization = `Bearer ${adminKey}`;
+  if (pageKey) init.headers.Authorization = `Bearer ${pageKey}`;
   const response = await fetch(path, init);
   const type = response.headers.get("content-type") || "";
   if (!response.ok) {

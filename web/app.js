@@ -2,7 +2,7 @@
 // watch the performance panel, replay history, manage plugins. Plain ES modules, no build step.
 
 import { call, serverState, traceLink } from "./api.js";
-import { adminKey, describeAdmin, renderPlugins, renderVoices, setUpAdmin } from "./admin.js";
+import { describeAdmin, renderPlugins, renderVoices, setUpAdmin } from "./admin.js";
 import { drawChunks, drawWaveform } from "./charts.js";
 import {
   addUtterance, clearUtterances, concat, deleteUtterance, listUtterances, toFloat32, wavBlob,
@@ -48,7 +48,8 @@ async function refresh() {
   try {
     ui.server = await serverState();
   } catch (error) {
-    status(`Could not read the server's state: ${error.message}`, true);
+    const hint = error.status === 401 ? " Enter the server's key under Plugins." : "";
+    status(`Could not read the server's state: ${error.message}${hint}`, true);
     return;
   }
   const { voices, adapters, plugins, config } = ui.server;
@@ -353,6 +354,5 @@ $("history-clear").addEventListener("click", async () => {
   renderHistory();
 });
 setUpAdmin(refresh);
-window.morpheus.adminKey = adminKey;
 refresh();
 renderHistory();

@@ -2,6 +2,8 @@
 // audio as binary PCM0 frames (float32). It sorts frames into turns and drops every frame of a
 // generation this client barged in on, so no old audio can reach the player after Stop.
 
+import { keyProtocols } from "./api.js";
+
 /** Parse MLX-Audio's PCM0 frame: "PCM0" | u32 rate | u32 samples | u32 channels | f32 LE. */
 export function parsePcm0(buffer) {
   const view = new DataView(buffer);
@@ -53,7 +55,7 @@ export class RealtimeSession extends EventTarget {
     if (engine) query.set("engine", engine);
     if (voice) query.set("voice", voice);
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    const ws = new WebSocket(`${scheme}//${location.host}/v1/realtime?${query}`);
+    const ws = new WebSocket(`${scheme}//${location.host}/v1/realtime?${query}`, keyProtocols());
     ws.binaryType = "arraybuffer";
     this.ws = ws;
     return new Promise((resolve, reject) => {
