@@ -36,8 +36,11 @@ def admin_key(runtime: Runtime) -> str | None:
     return configured_admin_key(runtime)
 
 
-def require_admin_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
-    """Litestar guard: 401 unless the request carries the admin key (open when none is set)."""
+async def require_admin_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+    """Litestar guard: 401 unless the request carries the admin key (open when none is set).
+
+    Async, like every guard here: Litestar runs a sync guard in a worker thread per request.
+    """
     expected = admin_key(connection.app.state.runtime)
     if not expected:
         return

@@ -24,11 +24,11 @@ from morpheus_tts.host.aliases import AliasResolver
 from morpheus_tts.host.runtime import Runtime
 
 
-def discovery_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
+async def discovery_guard(connection: ASGIConnection, handler: BaseRouteHandler) -> None:
     """Open by default (clients list voices without a key); the API key when locked."""
     runtime: Runtime = connection.app.state.runtime
     if runtime.config.server.discovery_requires_key:
-        require_api_key(connection, handler)
+        await require_api_key(connection, handler)
 
 
 def _engines_in_order(runtime: Runtime) -> list[str]:

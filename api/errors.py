@@ -247,11 +247,13 @@ def invalid_voice(exc: UnknownComponentError) -> OpenAIError:
 # -- authentication --------------------------------------------------------------------------
 
 
-def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
+async def require_api_key(connection: ASGIConnection, _: BaseRouteHandler) -> None:
     """Litestar guard: 401 unless the request carries `Bearer $MORPHEUS_API_KEY`.
 
     With the variable unset the API is open (any key the SDK sends is accepted). The admin key
     opens it too. `api.security.SecurityMiddleware` applies the same rule to every route.
+    Async on purpose: Litestar runs a sync guard in the event loop's default thread pool, a
+    thread hop on every request and a pool that never shrinks.
     """
     expected = read_environment().api_key
     if not expected:
