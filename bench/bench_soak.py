@@ -55,18 +55,6 @@ def proc_status(pid: int) -> dict[str, int]:
     return values
 
 
-def thread_names(pid: int) -> dict[str, int]:
-    """How many threads of a process carry each name (/proc/PID/task/*/comm)."""
-    names: dict[str, int] = {}
-    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
-        try:
-            name = comm.read_text().strip()
-        except OSError:
-            continue  # the thread ended meanwhile
-        names[name] = names.get(name, 0) + 1
-    return dict(sorted(names.items()))
-
-
 def body(fmt: str) -> dict:
     return {"model": "tts-1", "input": TEXT, "voice": "alloy", "response_format": fmt}
 
@@ -188,7 +176,6 @@ def soak(minutes: float, burst_every_s: float, stall_timeout_s: float | None) ->
             httpx.post(server.url + "/v1/audio/speech", json=body("pcm"), timeout=120)
             time.sleep(2)
             before = proc_status(pid)
-            names_before = thread_names(pid)
             tally = Tally()
             started = time.monotonic()
             stop_at = started + 60 * minutes
@@ -222,7 +209,6 @@ def soak(minutes: float, burst_every_s: float, stall_timeout_s: float | None) ->
                 httpx.post(server.url + "/v1/audio/speech", json=body("pcm"), timeout=120)
                 time.sleep(2)
                 probes.append(proc_status(pid))
-            names_after = thread_names(pid)
             after = {"VmRSS": probes[-1]["VmRSS"], "Threads": min(p["Threads"] for p in probes)}
             health = httpx.get(server.url + "/health", timeout=5).status_code
         finally:
@@ -245,8 +231,7 @@ def soak(minutes: float, burst_every_s: float, stall_timeout_s: float | None) ->
                     "after": after["VmRSS"] / 1024,
                     "after_first_minute": warm["VmRSS"] / 1024 if warm else None},
         "threads": {"before": before["Threads"], "peak": peak["Threads"],
-                    "after": after["Threads"], "names_before": names_before,
-                    "names_after": names_after},
+                    "after": after["Threads"]},
         "ttfa_ms": {"first_minute": 1000 * statistics.median(first) if first else None,
                     "last_minute": 1000 * statistics.median(last) if last else None},
     }
@@ -284,8 +269,6 @@ def main() -> int:
         print(f"| TTFA ms (median) | {ttfa['first_minute']:.0f} (first min) | | "
               f"{ttfa['last_minute']:.0f} (last min) | "
               f"{ttfa['last_minute'] / ttfa['first_minute']:.2f} |")
-    print(f"\nthreads by name before: {threads['names_before']}")
-    print(f"threads by name after:  {threads['names_after']}")
     steady = rss["after"] / (rss["after_first_minute"] or rss["before"])
     ok = (not result["failed"] and result["server_errors"] == 0 and result["left_open"] == 0
           and steady <= 1.25 and threads["after"] <= threads["before"] + 2)
