@@ -23,23 +23,25 @@ turn, `interrupt(heard)` with what the client was sent, then `close()`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream
+from morpheus_tts.host.contracts import EngineCapabilities
 from morpheus_tts.host.engine_turn import EngineTurnRun
 from morpheus_tts.host.events import PCMChunk, TextDelta, TokenFrames
 from morpheus_tts.host.failover import Candidate, FailoverPolicy
+from morpheus_tts.host.outputs import duration_ms, ms_since, wrap_output
 from morpheus_tts.host.segment_turn import ChunkedText, SegmentRun
 
 if TYPE_CHECKING:
+    import numpy as np
     from morpheus_tts.host.pipeline import Utterance
 
 
 class TurnRun(Protocol):
     """One attempt at the utterance on one engine."""
-
-    sent: int  # outputs handed to the stitcher
 
     async def speak(self) -> None:
         """Speak the text (what earlier attempts left, then the live deltas) to its end."""
@@ -108,6 +110,31 @@ class StageState:
         self.attempts = 0
         self.audio_sent = False  # once audio went out, nothing heard may be replayed
         self.unrecovered: Exception | None = None  # a failure no later attempt spoke past
+
+    async def hand_on(
+        self,
+        caps: EngineCapabilities,
+        output: np.ndarray,
+        segment: int,
+        generation: int,
+        started: float,
+        *,
+        units: int | None = None,
+    ) -> None:
+        """Send one engine output to the stitch stage, stamped, and tell rate control its cost.
+
+        `started` is when the step that made it began; `units` the chunk size it was asked
+        for, where the engine counts in units.
+        """
+        utt = self.utt
+        event = wrap_output(
+            caps, output, utt.stream_id, segment, utt.rate.chunks, generation, utt.probe.trace
+        )
+        utt.rate.produced(duration_ms(event, utt.spec), ms_since(started), units=units)
+        if utt.stats.first_byte_at is None:
+            utt.stats.first_byte_at = time.perf_counter()
+        await self.raw_out.send(event)
+        self.audio_sent = True
 
 
 async def engine_stage(

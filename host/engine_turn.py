@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from morpheus_tts.host.contracts import EngineTurn, TurnRequest
 from morpheus_tts.host.failover import FailoverPolicy, SilentEngineError
-from morpheus_tts.host.outputs import duration_ms, ms_since, pace, wrap_output
+from morpheus_tts.host.outputs import pace
 from morpheus_tts.host.registry import LoadedEngine
 from morpheus_tts.host.steps import request_error, run_locked, thread_steps
 
@@ -80,17 +80,9 @@ class EngineTurnRun:
                 return  # barge-in: the step's output is discarded
             if len(output) == 0:
                 continue
-            event = wrap_output(
-                caps, output, utt.stream_id, self.segment, utt.rate.chunks, generation,
-                utt.probe.trace,
-            )
             self.units_out += len(output)
-            utt.rate.produced(duration_ms(event, utt.spec), ms_since(started))
-            if utt.stats.first_byte_at is None:
-                utt.stats.first_byte_at = time.perf_counter()
-            await self.state.raw_out.send(event)
+            await self.state.hand_on(caps, output, self.segment, generation, started)
             self.sent += 1
-            self.state.audio_sent = True
             await pace(utt.rate, None)
             started = time.perf_counter()
 

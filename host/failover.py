@@ -27,14 +27,10 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio
 import msgspec
 import numpy as np
-from anyio.abc import ObjectReceiveStream
 from morpheus_tts.host.contracts import EngineRequestError, SynthesisRequest
 from morpheus_tts.host.errors import MorpheusError
-from morpheus_tts.host.events import TextDelta
-from morpheus_tts.host.rate import first_words
 from morpheus_tts.host.registry import LoadedEngine
 from morpheus_tts.host.steps import EngineStalledError, engine_steps
 
@@ -206,34 +202,3 @@ class FailoverPolicy:
                 f"engine {loaded.name!r} returned no audio for {request.text!r}"
             )
 
-
-class SegmentLog:
-    """The segments of one utterance as they arrive, kept so failover can replay them.
-
-    Args:
-        segments: the chunker's output.
-        split_first: cut the first segment after its first few words (low latency on a
-            waveform engine: a shorter first call gives earlier first audio); both pieces keep
-            the segment's index, so the stitcher joins them without a seam.
-    """
-
-    def __init__(self, segments: ObjectReceiveStream[TextDelta], *, split_first: bool) -> None:
-        self._segments = segments
-        self._split_first = split_first
-        self._seen: list[TextDelta] = []
-        self._ended = False
-
-    async def get(self, index: int) -> TextDelta | None:
-        """Segment number `index`, waiting for it to arrive; None once the text has ended."""
-        while index >= len(self._seen) and not self._ended:
-            try:
-                segment = await self._segments.receive()
-            except anyio.EndOfStream:
-                self._ended = True
-                break
-            if self._split_first and not self._seen:
-                pieces = first_words(segment.text)
-                self._seen += [msgspec.structs.replace(segment, text=p) for p in pieces]
-            else:
-                self._seen.append(segment)
-        return self._seen[index] if index < len(self._seen) else None

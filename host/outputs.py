@@ -1,8 +1,9 @@
 """Engine output on its way to the stitcher: bus events, their duration, pacing.
 
-Shared by both kinds of turn run (`host.engine_turn`, `host.segment_turn`): each engine output
-becomes a `PCMChunk` or `TokenFrames` stamped with its segment and generation, its duration
-feeds the rate controller, and the run waits while the client's buffer is full.
+Each engine output becomes a `PCMChunk` or `TokenFrames` stamped with its segment and
+generation and its duration feeds the rate controller (`engine_stage.StageState.hand_on`); both
+kinds of turn run (`host.engine_turn`, `host.segment_turn`) then wait while the client's buffer
+is full (`pace`).
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import anyio
 from morpheus_tts.host.contracts import Chunker, SynthesisRequest
 from morpheus_tts.host.failover import FailoverPolicy
-from morpheus_tts.host.outputs import duration_ms, ms_since, pace, wrap_output
+from morpheus_tts.host.outputs import pace
 from morpheus_tts.host.rate import first_words
 
 if TYPE_CHECKING:
@@ -102,8 +102,7 @@ class SegmentRun:
 
     def __init__(self, state: StageState, policy: FailoverPolicy) -> None:
         self.state, self.utt, self.policy = state, state.utt, policy
-        self.sent = 0  # outputs handed to the stitcher
-        self.segment_outputs = 0  # of them, those of the segment being spoken
+        self.segment_outputs = 0  # outputs sent of the segment being spoken
 
     async def speak(self) -> None:
         """Speak every unspoken segment, waiting for the text each one needs."""
@@ -156,17 +155,10 @@ class SegmentRun:
             async for output in outputs:
                 if utt.generation != generation:
                     return  # barge-in: the step's output is discarded
-                event = wrap_output(
-                    caps, output, utt.stream_id, segment.index, utt.rate.chunks, generation,
-                    utt.probe.trace,
+                await self.state.hand_on(
+                    caps, output, segment.index, generation, started, units=units
                 )
-                utt.rate.produced(duration_ms(event, utt.spec), ms_since(started), units=units)
-                if utt.stats.first_byte_at is None:
-                    utt.stats.first_byte_at = time.perf_counter()
-                await self.state.raw_out.send(event)
-                self.sent += 1
                 self.segment_outputs += 1
-                self.state.audio_sent = True
                 await pace(utt.rate, None)
                 started = time.perf_counter()
 
